@@ -1,0 +1,112 @@
+"""Input checks shared by every public entry point.
+
+Every check raises a subclass of ``ValueError`` or ``TypeError`` whose message
+says what was expected and what came, e.g.
+``expected unary of shape [B, L, H, W], got [3, 5]``.  Nothing is broadcast
+silently: shapes must match exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "CRFShapeError",
+    "CRFValueError",
+    "CRFTypeError",
+    "check_tensor",
+    "check_finite",
+    "check_labels",
+    "check_gamma",
+    "fmt_shape",
+]
+
+
+class CRFShapeError(ValueError):
+    """A tensor has the wrong number of dimensions or the wrong size."""
+
+
+class CRFValueError(ValueError):
+    """A value is out of its allowed range (NaN, a negative gamma, a label >= L, ...)."""
+
+
+class CRFTypeError(TypeError):
+    """An argument has the wrong type or dtype."""
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def check_tensor(
+    x,
+    name: str,
+    letters: str,
+    sizes: dict[str, int] | None = None,
+    *,
+    floating: bool | None = None,
+    integer: bool | None = None,
+) -> dict[str, int]:
+    """Check that ``x`` is a tensor whose shape is described by ``letters``.
+
+    ``letters`` is a space-separated list of shape letters, e.g. ``"B L H W"``.
+    Sizes already known (``sizes``) must match; unknown letters are bound from
+    ``x`` and returned (the updated ``sizes``), so that later checks can use them.
+    """
+    sizes = dict(sizes or {})
+    spec = letters.split()
+    pretty = "[" + ", ".join(spec) + "]"
+    if not isinstance(x, torch.Tensor):
+        raise CRFTypeError(f"expected {name} to be a torch.Tensor of shape {pretty}, got {type(x).__name__}")
+    if x.dim() != len(spec):
+        raise CRFShapeError(f"expected {name} of shape {pretty}, got {fmt_shape(x.shape)}")
+    for letter, size in zip(spec, x.shape):
+        if letter.isdigit():
+            if int(letter) != size:
+                raise CRFShapeError(f"expected {name} of shape {pretty}, got {fmt_shape(x.shape)}")
+            continue
+        if letter in sizes and sizes[letter] != size:
+            known = ", ".join(f"{k}={v}" for k, v in sizes.items())
+            raise CRFShapeError(
+                f"expected {name} of shape {pretty} with {known}, got {fmt_shape(x.shape)}"
+            )
+        sizes[letter] = int(size)
+    if floating and not x.is_floating_point():
+        raise CRFTypeError(f"expected {name} to have a floating dtype, got {x.dtype}")
+    if integer and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise CRFTypeError(f"expected {name} to have an integer dtype (torch.long), got {x.dtype}")
+    return sizes
+
+
+def check_finite(x: torch.Tensor, name: str, *, allow_neg_inf: bool = False) -> None:
+    """Refuse NaN and +inf (and -inf unless ``allow_neg_inf``)."""
+    if allow_neg_inf:
+        bad = torch.isnan(x) | (x == float("inf"))
+    else:
+        bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        kind = "NaN or +inf" if allow_neg_inf else "NaN or inf"
+        raise CRFValueError(f"expected finite values in {name}, got {count} entries that are {kind}")
+
+
+def check_labels(labels: torch.Tensor, name: str, num_labels: int) -> None:
+    if labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_labels:
+        raise CRFValueError(
+            f"expected {name} in [0, {num_labels - 1}] (L={num_labels}), got values in [{lo}, {hi}]"
+        )
+
+
+def check_gamma(gamma: float, name: str = "gamma") -> float:
+    try:
+        g = float(gamma)
+    except (TypeError, ValueError):
+        raise CRFTypeError(f"expected {name} to be a number >= 0, got {gamma!r}") from None
+    if not (g >= 0.0) or g == float("inf"):
+        raise CRFValueError(f"expected {name} >= 0 and finite, got {gamma!r}")
+    return g
