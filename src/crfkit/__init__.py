@@ -11,6 +11,10 @@ from .models import (
     WeightedTable,
 )
 
+from .inference.dual_decomposition import MAPResult, solve_map
+
+from . import nn  # noqa: E402  (crfkit.nn.DualDecompositionCRF)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -22,4 +26,6 @@ __all__ = [
     "WeightedTable",
     "Potts",
     "TruncatedLinear",
+    "solve_map",
+    "MAPResult",
 ]
