@@ -13,7 +13,11 @@ from .models import (
 
 from .inference.dual_decomposition import MAPResult, solve_map
 
-from . import nn  # noqa: E402  (crfkit.nn.DualDecompositionCRF)
+from .inference.convex_bp import marginals
+from .io import read_uai, write_uai
+from .learning import FeatureCRF, Instance, fit
+
+from . import io, nn  # noqa: E402,I001  (crfkit.nn.DualDecompositionCRF, crfkit.io)
 
 __version__ = "0.1.0"
 
@@ -28,4 +32,10 @@ __all__ = [
     "TruncatedLinear",
     "solve_map",
     "MAPResult",
+    "marginals",
+    "fit",
+    "FeatureCRF",
+    "Instance",
+    "read_uai",
+    "write_uai",
 ]

@@ -195,7 +195,9 @@ def _potential_scale(problem: ChainProblem) -> float:
             t = p.tables.detach()[:1]
             s = p.weight.detach().abs().mean().item() * (t - t.mean()).abs().mean().item()
         elif p.kind == "truncated_linear" and p.weight.numel():
-            s = p.weight.detach().abs().mean().item() * min(float(p.truncation), problem.num_labels / 2) / 2
+            idx = torch.arange(problem.num_labels, dtype=torch.float64)
+            t = -(idx[:, None] - idx[None, :]).abs().clamp(max=float(p.truncation))
+            s = p.weight.detach().abs().mean().item() * (t - t.mean()).abs().mean().item()
         else:
             s = 0.0
         pw_spread = max(pw_spread, s)

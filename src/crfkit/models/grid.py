@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +34,7 @@ DEFAULT_OFFSETS: tuple[tuple[int, int], ...] = ((0, 1), (1, 0), (0, 2), (2, 0))
 def check_offsets(offsets) -> tuple[tuple[int, int], ...]:
     """Validate offsets ``(dy, dx)``: ``dy > 0``, or ``dy == 0 and dx > 0``; no repeats."""
     try:
-        out = tuple((int(dy), int(dx)) for dy, dx in offsets)
+        out = tuple((operator.index(dy), operator.index(dx)) for dy, dx in offsets)
     except (TypeError, ValueError):
         raise CRFTypeError(f"expected offsets as a sequence of (dy, dx) integer pairs, got {offsets!r}") from None
     if len(out) == 0:

@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from ..._validation import CRFValueError, check_gamma, check_tensor
 from ...decomposition.chains import ChainPairwise
 from .reference import chain_marginals_reference, smooth_max
 
@@ -67,6 +68,21 @@ def chain_marginals(
         ``marginals [C, n, L]`` (zero on padding) and ``value [C]``, the (smoothed) max of
         each chain's score; differentiable with respect to ``unary`` and the pairwise tensors.
     """
+    gamma = check_gamma(gamma)
+    sizes = check_tensor(unary, "unary", "C n L", floating=True)
+    check_tensor(lengths, "lengths", "C", sizes, integer=True)
+    n = sizes["n"]
+    if lengths.numel():
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > n:
+            raise CRFValueError(f"expected lengths in [1, {n}] (n={n}), got values in [{lo}, {hi}]")
+    s = {**sizes, "n-1": max(n - 1, 0)}
+    if pairwise.kind == "dense":
+        check_tensor(pairwise.tables, "pairwise tables", "C n-1 L L", s, floating=True)
+    else:
+        check_tensor(pairwise.weight, "pairwise weight", "C n-1", s, floating=True)
+        if pairwise.kind == "weighted":
+            check_tensor(pairwise.tables, "pairwise tables", "C L L", s, floating=True)
     impl = choose_implementation(unary, implementation)
     if impl == "reference":
         return chain_marginals_reference(unary, pairwise, lengths, gamma)
