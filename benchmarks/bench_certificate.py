@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -40,15 +39,7 @@ from crfkit.inference.lp import local_polytope_lp
 TARGETS = {2000: 1e-3, 10000: 1e-4}
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+from crfkit.io.atomic import atomic_write_bytes as _atomic_write  # noqa: E402
 
 
 def random_grids(n: int, H: int = 6, W: int = 6, L: int = 4, seed: int = 0) -> crfkit.GridCRF:

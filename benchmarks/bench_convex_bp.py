@@ -27,17 +27,10 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 
-def atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from crfkit.io.atomic import atomic_write_text as atomic_write  # noqa: E402
 
 
 def make_models(grid_sizes, ba_sizes, L, seed):

@@ -162,12 +162,7 @@ def fmt(x, spec=".4g"):
     return str(x)
 
 
-def atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from crfkit.io.atomic import atomic_write_text as atomic_write  # noqa: E402
 
 
 COLS = [

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -45,15 +44,7 @@ from crfkit.data.stereo import (
 )
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+from crfkit.io.atomic import atomic_write_bytes as _atomic_write  # noqa: E402
 
 
 def alpha_expansion(

@@ -15,26 +15,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 
 
-def _atomic_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from ..io.atomic import atomic_savefig  # noqa: E402
+from ..io.atomic import atomic_write_text as _atomic_text  # noqa: E402
 
 
 def _atomic_png(fig, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _csv(rows, keys) -> str:

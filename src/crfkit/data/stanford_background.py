@@ -18,7 +18,6 @@ a one-hot of the discretised L2 distance between the two pixels' unary features 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,12 +132,7 @@ def load_stanford_background(
     return out
 
 
-def _atomic_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+from ..io.atomic import atomic_write_bytes as _atomic_bytes  # noqa: E402
 
 
 def write_synthetic_dataset(

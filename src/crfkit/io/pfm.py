@@ -14,7 +14,6 @@ marks unknown disparities with ``inf``, which the format stores unchanged.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
@@ -23,27 +22,7 @@ from .._validation import CRFShapeError, CRFTypeError, CRFValueError, fmt_shape
 __all__ = ["read_pfm", "write_pfm", "atomic_write_bytes"]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then
-    ``os.replace`` (readers never see a half-written file)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+from .atomic import atomic_write_bytes  # noqa: E402  (re-exported)
 
 
 def write_pfm(path: str | os.PathLike, image, *, little_endian: bool = True) -> None:
