@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from naive_chain import naive_chain_marginals  # noqa: E402
-
 import crfkit  # noqa: E402
 from crfkit.decomposition.grid import grid_chain_problem  # noqa: E402
 from crfkit.ops.chain.torch import chain_marginals_torch  # noqa: E402
+from naive_chain import naive_chain_marginals  # noqa: E402
 
 
 def chain_inputs(B, S, L, seed=0):

@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 
-
 from crfkit.io.atomic import atomic_write_text as atomic_write  # noqa: E402
 
 

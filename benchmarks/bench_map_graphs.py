@@ -164,7 +164,6 @@ def fmt(x, spec=".4g"):
 
 from crfkit.io.atomic import atomic_write_text as atomic_write  # noqa: E402
 
-
 COLS = [
     ("model", "model"),
     ("N", "N"),

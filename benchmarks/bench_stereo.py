@@ -42,8 +42,6 @@ from crfkit.data.stereo import (
     upsample_disparity,
     winner_take_all,
 )
-
-
 from crfkit.io.atomic import atomic_write_bytes as _atomic_write  # noqa: E402
 
 

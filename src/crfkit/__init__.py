@@ -1,5 +1,10 @@
 """crfkit: inference and learning in pairwise Markov and conditional random fields (PyTorch)."""
 
+from . import io, nn  # noqa: F401  (so that crfkit.nn.DualDecompositionCRF and crfkit.io work after `import crfkit`)
+from .inference.convex_bp import marginals
+from .inference.dual_decomposition import MAPResult, solve_map
+from .io import read_uai, write_uai
+from .learning import FeatureCRF, Instance, fit
 from .models import (
     DEFAULT_OFFSETS,
     GraphMRF,
@@ -10,14 +15,6 @@ from .models import (
     TruncatedLinear,
     WeightedTable,
 )
-
-from .inference.dual_decomposition import MAPResult, solve_map
-
-from .inference.convex_bp import marginals
-from .io import read_uai, write_uai
-from .learning import FeatureCRF, Instance, fit
-
-from . import io, nn  # noqa: E402,I001  (crfkit.nn.DualDecompositionCRF, crfkit.io)
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,6 @@ import json
 import os
 import time
 
-
 from ..io.atomic import atomic_savefig  # noqa: E402
 from ..io.atomic import atomic_write_text as _atomic_text  # noqa: E402
 

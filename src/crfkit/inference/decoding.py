@@ -168,7 +168,6 @@ def problem_score(problem: ChainProblem, labels: torch.Tensor) -> torch.Tensor:
 def chain_icm(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int = 2) -> torch.Tensor:
     """Improve flat labels ``[V]`` by ``sweeps`` rounds of exact chain updates (never lowers the score)."""
     labels = labels.clone()
-    L = problem.num_labels
     for _ in range(sweeps):
         changed = False
         for gi, g in enumerate(problem.groups):

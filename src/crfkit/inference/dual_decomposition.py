@@ -322,7 +322,7 @@ def solve_chain_problem(
         lam_new = lam - alpha.to(lam.dtype)[dd.slot_batch, None] * d
         if use_momentum:
             # heavy-ball extrapolation, restarted whenever a step is undone (adaptive restart)
-            beta = (run / (run + 3.0)).to(lam.dtype)[dd.slot_batch, None]
+            beta = (run / (run + 1.0)).clamp(max=0.9).to(lam.dtype)[dd.slot_batch, None]
             lam_new = lam_new + beta * (lam - lam_prev)
         lam_new = dd.project(lam_new)
         mu_new, dual_new = dd.evaluate(lam_new, g_cur)
