@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.compiler import is_compiling as _is_compiling
 
-from ..._validation import CRFValueError, check_gamma, check_tensor
 from ...decomposition.chains import ChainPairwise
+from .checks import check_chain_inputs
 from .reference import chain_marginals_reference, smooth_max
 
 __all__ = ["chain_marginals", "chain_marginals_reference", "smooth_max", "IMPLEMENTATIONS"]
@@ -68,21 +69,8 @@ def chain_marginals(
         ``marginals [C, n, L]`` (zero on padding) and ``value [C]``, the (smoothed) max of
         each chain's score; differentiable with respect to ``unary`` and the pairwise tensors.
     """
-    gamma = check_gamma(gamma)
-    sizes = check_tensor(unary, "unary", "C n L", floating=True)
-    check_tensor(lengths, "lengths", "C", sizes, integer=True)
-    n = sizes["n"]
-    if lengths.numel():
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 1 or hi > n:
-            raise CRFValueError(f"expected lengths in [1, {n}] (n={n}), got values in [{lo}, {hi}]")
-    s = {**sizes, "n-1": max(n - 1, 0)}
-    if pairwise.kind == "dense":
-        check_tensor(pairwise.tables, "pairwise tables", "C n-1 L L", s, floating=True)
-    else:
-        check_tensor(pairwise.weight, "pairwise weight", "C n-1", s, floating=True)
-        if pairwise.kind == "weighted":
-            check_tensor(pairwise.tables, "pairwise tables", "C L L", s, floating=True)
+    # the host read of `lengths` is skipped while torch.compile traces (no graph break there)
+    gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=not _is_compiling())
     impl = choose_implementation(unary, implementation)
     if impl == "reference":
         return chain_marginals_reference(unary, pairwise, lengths, gamma)

@@ -268,7 +268,8 @@ def chain_viterbi_torch(unary: torch.Tensor, pairwise: ChainPairwise, lengths: t
         if pairwise.kind == "dense":
             row = pairwise.tables[:, k].gather(1, labels[k][:, None, None].expand(C, 1, L)).squeeze(1)
         elif pairwise.kind == "weighted":
-            row = pairwise.weight[:, k, None] * pairwise.tables.gather(1, labels[k][:, None, None].expand(C, 1, L)).squeeze(1)
+            rows = pairwise.tables.gather(1, labels[k][:, None, None].expand(C, 1, L)).squeeze(1)
+            row = pairwise.weight[:, k, None] * rows
         elif pairwise.kind == "truncated_linear":
             dist = (labels[k][:, None] - torch.arange(L, device=unary.device)).abs().to(unary.dtype)
             row = -pairwise.weight[:, k, None] * dist.clamp(max=float(pairwise.truncation))

@@ -66,12 +66,11 @@ through the custom op of ``crfkit.ops.chain.custom_op`` instead (no graph break)
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
-from ..._validation import CRFShapeError, CRFTypeError, CRFValueError, check_gamma, check_tensor
+from ..._validation import CRFValueError
 from ...decomposition.chains import ChainPairwise
 
 __all__ = ["AVAILABLE", "INTERPRET", "chain_marginals_triton", "chain_forward", "chain_backward"]
@@ -1138,48 +1137,13 @@ class _ChainTriton(torch.autograd.Function):
         return d_unary, d_tables, d_weight, None, None, None, None, None
 
 
-def validate_chain_inputs(
-    unary: torch.Tensor, pairwise: ChainPairwise, lengths: torch.Tensor, gamma: float
-) -> float:
-    """Check shapes, dtypes and devices of the chain operation's inputs; returns ``gamma``."""
-    sizes = check_tensor(unary, "unary", "C n L", floating=True)
-    C, n, L = sizes["C"], sizes["n"], sizes["L"]
-    if n < 1 or L < 1:
-        raise CRFShapeError(f"expected unary [C, n, L] with n >= 1 and L >= 1, got [{C}, {n}, {L}]")
-    check_tensor(lengths, "lengths", "C", {"C": C}, integer=True)
-    if not isinstance(pairwise, ChainPairwise):
-        raise CRFTypeError(
-            f"expected pairwise to be a ChainPairwise, got {type(pairwise).__name__}"
-        )
-    m1 = max(n - 1, 0)
-    if pairwise.kind == "dense":
-        check_tensor(
-            pairwise.tables,
-            "pairwise.tables",
-            "C n-1 L L",
-            {"C": C, "n-1": m1, "L": L},
-            floating=True,
-        )
-    elif pairwise.kind == "weighted":
-        check_tensor(pairwise.tables, "pairwise.tables", "C L L", {"C": C, "L": L}, floating=True)
-        check_tensor(
-            pairwise.weight, "pairwise.weight", "C n-1", {"C": C, "n-1": m1}, floating=True
-        )
-    else:
-        check_tensor(
-            pairwise.weight, "pairwise.weight", "C n-1", {"C": C, "n-1": m1}, floating=True
-        )
-        t = float(pairwise.truncation)
-        if not math.isfinite(t):
-            raise CRFValueError(f"expected a finite truncation, got {pairwise.truncation!r}")
-    for name, t in (
-        ("pairwise.tables", pairwise.tables),
-        ("pairwise.weight", pairwise.weight),
-        ("lengths", lengths),
-    ):
-        if t is not None and t.device != unary.device:
-            raise CRFValueError(f"expected {name} on {unary.device}, got {t.device}")
-    return check_gamma(gamma)
+from .checks import check_chain_inputs  # noqa: E402
+
+
+def validate_chain_inputs(unary, pairwise, lengths, gamma) -> float:
+    """The shared input checks without the host read of ``lengths`` (no device sync, and
+    traceable by ``torch.compile``)."""
+    return check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=False)
 
 
 def chain_marginals_triton(
