@@ -193,6 +193,74 @@ if _HAS_TRITON:
         out = diag * adj + off * (s_all[:, None] - s)
         return tl.where(lm, out, 0.0), diag
 
+    @triton.jit
+    def _online_reduce(run_m, run_s, run_i, v, idx, inv_gamma, AXIS: tl.constexpr, IS_MAX: tl.constexpr):
+        """One tile of an online reduction of ``v`` over ``AXIS``: the running max and arg-max
+        (``IS_MAX``; the smallest index among ties) or the running max and scaled sum of
+        ``exp((v - max) / gamma)`` (log-sum-exp), shared by every tiled message."""
+        BIG: tl.constexpr = 2147483647
+        cmx = tl.max(v, axis=AXIS)
+        if IS_MAX:
+            ci = tl.min(tl.where(v == tl.expand_dims(cmx, AXIS), idx, BIG), axis=AXIS)
+            upd = cmx > run_m
+            run_i = tl.where(upd, ci, run_i)
+            run_m = tl.where(upd, cmx, run_m)
+        else:
+            new_m = tl.maximum(run_m, cmx)
+            tile_s = tl.sum(tl.exp((v - tl.expand_dims(new_m, AXIS)) * inv_gamma), axis=AXIS)
+            run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tile_s
+            run_m = new_m
+        return run_m, run_s, run_i
+
+    @triton.jit
+    def _message(U, M_IN, M_OUT, R_OUT, PHI, WGT, base2, c3, cm3, cmask, k, length, n, L, s_pc, s_pk, s_pa, s_pb,
+                 s_wc, s_wk, gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr,
+                 REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr):
+        """The message over edge ``k`` of every chain of the program, in tiles of label pairs.
+
+        Forward (``REVERSE`` false): ``M_OUT[k+1](c) = smax_a U[k](a) + M_IN[k](a) + phi_k(a, c)``;
+        reverse: ``M_OUT[k](a) = smax_c phi_k(a, c) + U[k+1](c) + M_IN[k+1](c)``. ``BLOCK_O`` labels
+        of the output per tile, ``BLOCK_R`` labels reduced per tile; ``R_OUT`` gets the arg-max
+        (``IS_MAX``). Zero on edges past a chain's end."""
+        ev = (k < length - 1)[:, None]
+        lab_o = tl.arange(0, BLOCK_O)
+        lab_r = tl.arange(0, BLOCK_R)
+        pos_in = k + 1 if REVERSE else k
+        for o0 in range(0, L, BLOCK_O):
+            lo = o0 + lab_o
+            lom = lo < L
+            run_m = tl.full([BLOCK_C, BLOCK_O], float("-inf"), tl.float32)
+            run_s = tl.zeros([BLOCK_C, BLOCK_O], tl.float32)
+            run_i = tl.zeros([BLOCK_C, BLOCK_O], tl.int32)
+            for r0 in range(0, L, BLOCK_R):
+                lr = r0 + lab_r
+                lrm = lr < L
+                m2 = cmask[:, None] & lrm[None, :]
+                ptr = base2 + pos_in * L + lr[None, :]
+                x = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32) + tl.load(M_IN + ptr, mask=m2, other=0.0)
+                if REVERSE:  # tile [BC, out a, reduced c]
+                    m3 = cm3 & lom[None, :, None] & lrm[None, None, :]
+                    p = _phi_tile(PHI, WGT, c3, cm3, k, lo[None, :, None], lr[None, None, :], m3,
+                                  s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
+                    v = tl.where(lrm[None, None, :], p + x[:, None, :], float("-inf"))
+                    run_m, run_s, run_i = _online_reduce(run_m, run_s, run_i, v, lr[None, None, :], inv_gamma, 2,
+                                                         IS_MAX)
+                else:  # tile [BC, reduced a, out c]
+                    m3 = cm3 & lrm[None, :, None] & lom[None, None, :]
+                    p = _phi_tile(PHI, WGT, c3, cm3, k, lr[None, :, None], lo[None, None, :], m3,
+                                  s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
+                    v = tl.where(lrm[None, :, None], x[:, :, None] + p, float("-inf"))
+                    run_m, run_s, run_i = _online_reduce(run_m, run_s, run_i, v, lr[None, :, None], inv_gamma, 1,
+                                                         IS_MAX)
+            res = run_m
+            if not IS_MAX:
+                res = run_m + gamma * tl.log(run_s)
+            m2 = cmask[:, None] & lom[None, :]
+            ptr = base2 + (k if REVERSE else k + 1) * L + lo[None, :]
+            tl.store(M_OUT + ptr, tl.where(ev, res, 0.0), mask=m2)
+            if IS_MAX:
+                tl.store(R_OUT + ptr, tl.where(ev, run_i, 0), mask=m2)
+
     # ---------------------------------------------------------------------------------------
     # forward, tiles of label pairs (tables, weight x table, truncated linear on the fly)
     # ---------------------------------------------------------------------------------------
@@ -224,7 +292,6 @@ if _HAS_TRITON:
         BLOCK_I: tl.constexpr,
         BLOCK_J: tl.constexpr,
     ):
-        BIG: tl.constexpr = 2147483647
         pid = tl.program_id(0)
         offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = offs_c < C
@@ -234,7 +301,6 @@ if _HAS_TRITON:
         base2 = base[:, None]
         c3 = c64[:, None, None]
         cm3 = cmask[:, None, None]
-        lab_i = tl.arange(0, BLOCK_I)
         lab_j = tl.arange(0, BLOCK_J)
         zero_j = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
         for j0 in range(0, L, BLOCK_J):
@@ -244,120 +310,12 @@ if _HAS_TRITON:
             tl.store(G + base2 + (n - 1) * L + lj[None, :], zero_j, mask=m2)
         tl.debug_barrier()
         for i in range(0, n - 1):
-            # -- left-to-right message over edge k = i: F[k+1](c), c tiles out, a tiles reduced
-            k = i
-            ev = (k < length - 1)[:, None]
-            for j0 in range(0, L, BLOCK_J):
-                cj = j0 + lab_j
-                cjm = cj < L
-                run_m = tl.full([BLOCK_C, BLOCK_J], float("-inf"), tl.float32)
-                run_s = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
-                run_i = tl.zeros([BLOCK_C, BLOCK_J], tl.int32)
-                for i0 in range(0, L, BLOCK_I):
-                    ai = i0 + lab_i
-                    aim = ai < L
-                    m2 = cmask[:, None] & aim[None, :]
-                    ptr = base2 + k * L + ai[None, :]
-                    x = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32)
-                    x += tl.load(F + ptr, mask=m2, other=0.0)
-                    m3 = cm3 & aim[None, :, None] & cjm[None, None, :]
-                    p = _phi_tile(
-                        PHI,
-                        WGT,
-                        c3,
-                        cm3,
-                        k,
-                        ai[None, :, None],
-                        cj[None, None, :],
-                        m3,
-                        s_pc,
-                        s_pk,
-                        s_pa,
-                        s_pb,
-                        s_wc,
-                        s_wk,
-                        trunc,
-                        KIND,
-                    )
-                    v = tl.where(aim[None, :, None], x[:, :, None] + p, float("-inf"))
-                    cmx = tl.max(v, axis=1)
-                    if IS_MAX:
-                        ci = tl.min(tl.where(v == cmx[:, None, :], ai[None, :, None], BIG), axis=1)
-                        upd = cmx > run_m
-                        run_i = tl.where(upd, ci, run_i)
-                        run_m = tl.where(upd, cmx, run_m)
-                    else:
-                        new_m = tl.maximum(run_m, cmx)
-                        run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tl.sum(
-                            tl.exp((v - new_m[:, None, :]) * inv_gamma), axis=1
-                        )
-                        run_m = new_m
-                if IS_MAX:
-                    res = run_m
-                else:
-                    res = run_m + gamma * tl.log(run_s)
-                m2 = cmask[:, None] & cjm[None, :]
-                ptr = base2 + (k + 1) * L + cj[None, :]
-                tl.store(F + ptr, tl.where(ev, res, 0.0), mask=m2)
-                if IS_MAX:
-                    tl.store(RF + ptr, tl.where(ev, run_i, 0), mask=m2)
-            # -- right-to-left message over edge k2 = n-2-i: G[k2](a), a tiles out, c tiles reduced
-            k2 = n - 2 - i
-            ev2 = (k2 < length - 1)[:, None]
-            for i0 in range(0, L, BLOCK_I):
-                ai = i0 + lab_i
-                aim = ai < L
-                run_m = tl.full([BLOCK_C, BLOCK_I], float("-inf"), tl.float32)
-                run_s = tl.zeros([BLOCK_C, BLOCK_I], tl.float32)
-                run_i = tl.zeros([BLOCK_C, BLOCK_I], tl.int32)
-                for j0 in range(0, L, BLOCK_J):
-                    cj = j0 + lab_j
-                    cjm = cj < L
-                    m2 = cmask[:, None] & cjm[None, :]
-                    ptr = base2 + (k2 + 1) * L + cj[None, :]
-                    y = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32)
-                    y += tl.load(G + ptr, mask=m2, other=0.0)
-                    m3 = cm3 & aim[None, :, None] & cjm[None, None, :]
-                    p = _phi_tile(
-                        PHI,
-                        WGT,
-                        c3,
-                        cm3,
-                        k2,
-                        ai[None, :, None],
-                        cj[None, None, :],
-                        m3,
-                        s_pc,
-                        s_pk,
-                        s_pa,
-                        s_pb,
-                        s_wc,
-                        s_wk,
-                        trunc,
-                        KIND,
-                    )
-                    v = tl.where(cjm[None, None, :], p + y[:, None, :], float("-inf"))
-                    cmx = tl.max(v, axis=2)
-                    if IS_MAX:
-                        ci = tl.min(tl.where(v == cmx[:, :, None], cj[None, None, :], BIG), axis=2)
-                        upd = cmx > run_m
-                        run_i = tl.where(upd, ci, run_i)
-                        run_m = tl.where(upd, cmx, run_m)
-                    else:
-                        new_m = tl.maximum(run_m, cmx)
-                        run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tl.sum(
-                            tl.exp((v - new_m[:, :, None]) * inv_gamma), axis=2
-                        )
-                        run_m = new_m
-                if IS_MAX:
-                    res = run_m
-                else:
-                    res = run_m + gamma * tl.log(run_s)
-                m2 = cmask[:, None] & aim[None, :]
-                ptr = base2 + k2 * L + ai[None, :]
-                tl.store(G + ptr, tl.where(ev2, res, 0.0), mask=m2)
-                if IS_MAX:
-                    tl.store(RG + ptr, tl.where(ev2, run_i, 0), mask=m2)
+            # left-to-right message over edge i: F[i+1](c), c tiles out, a tiles reduced
+            _message(U, F, F, RF, PHI, WGT, base2, c3, cm3, cmask, i, length, n, L, s_pc, s_pk, s_pa, s_pb,
+                     s_wc, s_wk, gamma, inv_gamma, trunc, KIND, IS_MAX, False, BLOCK_C, BLOCK_J, BLOCK_I)
+            # right-to-left message over edge n-2-i: G[n-2-i](a), a tiles out, c tiles reduced
+            _message(U, G, G, RG, PHI, WGT, base2, c3, cm3, cmask, n - 2 - i, length, n, L, s_pc, s_pk, s_pa,
+                     s_pb, s_wc, s_wk, gamma, inv_gamma, trunc, KIND, IS_MAX, True, BLOCK_C, BLOCK_I, BLOCK_J)
             tl.debug_barrier()
 
     # ---------------------------------------------------------------------------------------
