@@ -52,12 +52,7 @@ if REGISTERED:
 
     @torch.library.custom_op("crfkit::chain_fwd", mutates_args=())
     def _chain_fwd(
-        unary: Tensor,
-        tables: Tensor | None,
-        weight: Tensor | None,
-        lengths: Tensor,
-        kind: str,
-        truncation: float,
+        unary: Tensor, tables: Tensor | None, weight: Tensor | None, lengths: Tensor, kind: str, truncation: float,
         gamma: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         pw = _form(kind, tables, weight, truncation)
@@ -89,19 +84,8 @@ if REGISTERED:
 
     @torch.library.custom_op("crfkit::chain_bwd", mutates_args=())
     def _chain_bwd(
-        unary: Tensor,
-        tables: Tensor | None,
-        weight: Tensor | None,
-        lengths: Tensor,
-        kind: str,
-        truncation: float,
-        gamma: float,
-        f: Tensor,
-        g: Tensor,
-        rf: Tensor,
-        rg: Tensor,
-        d_marg: Tensor,
-        d_value: Tensor,
+        unary: Tensor, tables: Tensor | None, weight: Tensor | None, lengths: Tensor, kind: str, truncation: float,
+        gamma: float, f: Tensor, g: Tensor, rf: Tensor, rg: Tensor, d_marg: Tensor, d_value: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         empty = unary.new_empty(0)
         pw = _form(kind, tables, weight, truncation)
@@ -141,29 +125,9 @@ if REGISTERED:
         if d_value is None:
             d_value = unary.new_zeros((C,))
         du, dt, dw = torch.ops.crfkit.chain_bwd(
-            unary,
-            tables,
-            weight,
-            lengths,
-            ctx.kind,
-            ctx.truncation,
-            ctx.gamma,
-            f,
-            g,
-            rf,
-            rg,
-            d_marg,
-            d_value,
+            unary, tables, weight, lengths, ctx.kind, ctx.truncation, ctx.gamma, f, g, rf, rg, d_marg, d_value
         )
-        return (
-            du,
-            dt if ctx.has_tables else None,
-            dw if ctx.has_weight else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return du, dt if ctx.has_tables else None, dw if ctx.has_weight else None, None, None, None, None
 
     torch.library.register_autograd("crfkit::chain_fwd", _backward, setup_context=_setup_context)
 

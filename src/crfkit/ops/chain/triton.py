@@ -104,24 +104,7 @@ if _HAS_TRITON:
         return tl.where(take2, v2, v1), tl.where(take2, i2, i1)
 
     @triton.jit
-    def _phi_tile(
-        PHI,
-        WGT,
-        c64,
-        cm3,
-        k,
-        a3,
-        b3,
-        m3,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        trunc,
-        KIND: tl.constexpr,
-    ):
+    def _phi_tile(PHI, WGT, c64, cm3, k, a3, b3, m3, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND: tl.constexpr):
         """``phi_k(a, b)`` on a tile: ``c64 [BC,1,1]``, ``a3 [1,BI,1]``, ``b3 [1,1,BJ]``; fp32."""
         if KIND == 0:
             p = tl.load(PHI + c64 * s_pc + k * s_pk + a3 * s_pa + b3 * s_pb, mask=m3, other=0.0)
@@ -192,6 +175,14 @@ if _HAS_TRITON:
         )
         out = diag * adj + off * (s_all[:, None] - s)
         return tl.where(lm, out, 0.0), diag
+
+    @triton.jit
+    def _program_chains(LEN, C, BLOCK_C: tl.constexpr):
+        """The chains of this program: ``(mask [BC], lengths [BC] int32, indices [BC] int64)``."""
+        offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
+        return cmask, length, offs_c.to(tl.int64)
 
     @triton.jit
     def _online_reduce(run_m, run_s, run_i, v, idx, inv_gamma, AXIS: tl.constexpr, IS_MAX: tl.constexpr):
@@ -265,38 +256,9 @@ if _HAS_TRITON:
     # forward, tiles of label pairs (tables, weight x table, truncated linear on the fly)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _fwd_tile_kernel(
-        U,
-        PHI,
-        WGT,
-        LEN,
-        F,
-        G,
-        RF,
-        RG,
-        C,
-        n,
-        L,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        gamma,
-        inv_gamma,
-        trunc,
-        KIND: tl.constexpr,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_I: tl.constexpr,
-        BLOCK_J: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+    def _fwd_tile_kernel(U, PHI, WGT, LEN, F, G, RF, RG, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, gamma, inv_gamma, trunc, KIND:
+        tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base = c64 * n * L  # [BC] offset of position 0 in [C, n, L]
         base2 = base[:, None]
         c3 = c64[:, None, None]
@@ -322,33 +284,10 @@ if _HAS_TRITON:
     # forward, O(L) paths: distance transform (max) and Potts closed form (smoothed max)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _fwd_linear_kernel(
-        U,
-        WGT,
-        LEN,
-        F,
-        G,
-        RF,
-        RG,
-        C,
-        n,
-        L,
-        s_wc,
-        s_wk,
-        gamma,
-        inv_gamma,
-        trunc,
-        wscale,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-    ):
+    def _fwd_linear_kernel(U, WGT, LEN, F, G, RF, RG, C, n, L, s_wc, s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX: tl.constexpr, BLOCK_C:
+        tl.constexpr, BLOCK_L: tl.constexpr):
         BIG: tl.constexpr = 2147483647
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
         lm = (lab < L)[None, :]
@@ -396,22 +335,8 @@ if _HAS_TRITON:
     # marginals and value (one pass over [C, n, L])
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _marginals_kernel(
-        U,
-        F,
-        G,
-        LEN,
-        MARG,
-        VAL,
-        C,
-        n,
-        L,
-        gamma,
-        inv_gamma,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-    ):
+    def _marginals_kernel(U, F, G, LEN, MARG, VAL, C, n, L, gamma, inv_gamma, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L:
+        tl.constexpr):
         pid = tl.program_id(0)
         offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = offs_c < C
@@ -449,44 +374,10 @@ if _HAS_TRITON:
     # backward, tiles (every kind; gamma == 0 from the saved arg-max indices)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _bwd_tile_kernel(
-        U,
-        PHI,
-        WGT,
-        LEN,
-        F,
-        G,
-        RF,
-        RG,
-        DM,
-        DU,
-        GS,
-        DPHI,
-        DTAB,
-        DW,
-        C,
-        n,
-        L,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        gamma,
-        inv_gamma,
-        trunc,
-        KIND: tl.constexpr,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_I: tl.constexpr,
-        BLOCK_J: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+    def _bwd_tile_kernel(U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, gamma,
+        inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+        BLOCK_J: tl.constexpr):
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         c3 = c64[:, None, None]
         cm3 = cmask[:, None, None]
@@ -658,30 +549,9 @@ if _HAS_TRITON:
     # backward, Potts closed form (gamma > 0), O(L)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _bwd_potts_kernel(
-        U,
-        WGT,
-        LEN,
-        F,
-        G,
-        DM,
-        DU,
-        DW,
-        C,
-        n,
-        L,
-        s_wc,
-        s_wk,
-        inv_gamma,
-        wscale,
-        BLOCK_C: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+    def _bwd_potts_kernel(U, WGT, LEN, F, G, DM, DU, DW, C, n, L, s_wc, s_wk, inv_gamma, wscale, BLOCK_C: tl.constexpr, BLOCK_L:
+        tl.constexpr):
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
         lm = (lab < L)[None, :]
