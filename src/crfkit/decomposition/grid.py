@@ -65,7 +65,7 @@ def grid_chain_problem(crf: GridCRF) -> ChainProblem:
     Differentiable: chain potentials are gathered from the model's tensors.
     """
     B, L, H, W = crf.shape
-    device, dtype = crf.unary.device, crf.unary.dtype
+    device = crf.unary.device
     HW = H * W
     unary = crf.unary.permute(0, 2, 3, 1).reshape(B * HW, L)
     node_batch = torch.arange(B, device=device).repeat_interleave(HW)

@@ -4,16 +4,11 @@ A chain problem (``crfkit.decomposition``) hands each chain backend a :class:`Ch
 over ``C`` right-padded chains of (padded) length ``n``; edge ``k`` joins positions ``k`` and
 ``k + 1``. Three forms, each a subclass registered under its ``kind``:
 
-==========================  ======================================================  ==============
-class (``kind``)            score of label ``a`` at ``k`` and ``b`` at ``k + 1``    tensors
-==========================  ======================================================  ==============
-:class:`DenseChainPairwise`     ``tables[c, k, a, b]``                              ``tables [C, n-1, L, L]``
-(``"dense"``)
-:class:`WeightedChainPairwise`  ``weight[c, k] * tables[c, a, b]``                  ``weight [C, n-1]``, ``tables [C, L, L]``
-(``"weighted"``)
-:class:`TruncatedLinearChainPairwise`  ``-weight[c, k] * min(|a - b|, truncation)``  ``weight [C, n-1]``, ``truncation``
-(``"truncated_linear"``)
-==========================  ======================================================  ==============
+- :class:`DenseChainPairwise` (``"dense"``): ``tables[c, k, a, b]``; ``tables [C, n-1, L, L]``.
+- :class:`WeightedChainPairwise` (``"weighted"``): ``weight[c, k] * tables[c, a, b]``;
+  ``weight [C, n-1]``, ``tables [C, L, L]``.
+- :class:`TruncatedLinearChainPairwise` (``"truncated_linear"``):
+  ``-weight[c, k] * min(|a - b|, truncation)``; ``weight [C, n-1]``, a float ``truncation``.
 
 A weighted table is never expanded to ``L²`` per edge (``tables`` is typically an expanded view
 of one ``[L, L]`` table per offset). A truncated-linear form is a weighted form whose table is

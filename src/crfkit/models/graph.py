@@ -6,7 +6,6 @@ import torch
 
 from .._validation import (
     CRFShapeError,
-    CRFTypeError,
     CRFValueError,
     check_finite,
     check_labels,

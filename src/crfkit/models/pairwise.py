@@ -127,7 +127,8 @@ def as_form(entry, layout: EdgeLayout) -> PairwiseForm:
             entry = PerEdgeTables(entry)
         else:
             raise CRFShapeError(
-                f"expected {name} of shape {layout.pretty(layout.table_letters)} or [L, L], got {fmt_shape(entry.shape)}"
+                f"expected {name} of shape {layout.pretty(layout.table_letters)} or [L, L], "
+                f"got {fmt_shape(entry.shape)}"
             )
     elif isinstance(entry, tuple) and not isinstance(entry, PairwiseForm):
         if len(entry) != 2:

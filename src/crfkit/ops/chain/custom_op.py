@@ -43,7 +43,8 @@ def _acc_dtype(unary: Tensor) -> torch.dtype:
 
 
 def _form(kind: str, tables, weight, truncation: float) -> ChainPairwise:
-    return ChainPairwise(kind, tables=tables, weight=weight, truncation=truncation if kind == "truncated_linear" else None)
+    trunc = truncation if kind == "truncated_linear" else None
+    return ChainPairwise(kind, tables=tables, weight=weight, truncation=trunc)
 
 
 REGISTERED = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")

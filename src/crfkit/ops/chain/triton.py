@@ -256,8 +256,11 @@ if _HAS_TRITON:
     # forward, tiles of label pairs (tables, weight x table, truncated linear on the fly)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _fwd_tile_kernel(U, PHI, WGT, LEN, F, G, RF, RG, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, gamma, inv_gamma, trunc, KIND:
-        tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    def _fwd_tile_kernel(
+        U, PHI, WGT, LEN, F, G, RF, RG, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, gamma, inv_gamma, trunc,
+        KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J:
+        tl.constexpr
+    ):
         cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base = c64 * n * L  # [BC] offset of position 0 in [C, n, L]
         base2 = base[:, None]
@@ -284,8 +287,10 @@ if _HAS_TRITON:
     # forward, O(L) paths: distance transform (max) and Potts closed form (smoothed max)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _fwd_linear_kernel(U, WGT, LEN, F, G, RF, RG, C, n, L, s_wc, s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX: tl.constexpr, BLOCK_C:
-        tl.constexpr, BLOCK_L: tl.constexpr):
+    def _fwd_linear_kernel(
+        U, WGT, LEN, F, G, RF, RG, C, n, L, s_wc, s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr
+    ):
         BIG: tl.constexpr = 2147483647
         cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
@@ -335,8 +340,10 @@ if _HAS_TRITON:
     # marginals and value (one pass over [C, n, L])
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _marginals_kernel(U, F, G, LEN, MARG, VAL, C, n, L, gamma, inv_gamma, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L:
-        tl.constexpr):
+    def _marginals_kernel(
+        U, F, G, LEN, MARG, VAL, C, n, L, gamma, inv_gamma, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_L: tl.constexpr
+    ):
         pid = tl.program_id(0)
         offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = offs_c < C
@@ -374,9 +381,11 @@ if _HAS_TRITON:
     # backward, tiles (every kind; gamma == 0 from the saved arg-max indices)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _bwd_tile_kernel(U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, gamma,
-        inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
-        BLOCK_J: tl.constexpr):
+    def _bwd_tile_kernel(
+        U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
+        gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
+        tl.constexpr, BLOCK_J: tl.constexpr
+    ):
         cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         c3 = c64[:, None, None]
@@ -425,24 +434,8 @@ if _HAS_TRITON:
                         wf = tl.where(rf[:, None, :] == ai[None, :, None], 1.0, 0.0)
                     else:
                         f1 = tl.load(F + pc, mask=m2c, other=0.0)
-                        p = _phi_tile(
-                            PHI,
-                            WGT,
-                            c3,
-                            cm3,
-                            k,
-                            ai[None, :, None],
-                            cj[None, None, :],
-                            m3,
-                            s_pc,
-                            s_pk,
-                            s_pa,
-                            s_pb,
-                            s_wc,
-                            s_wk,
-                            trunc,
-                            KIND,
-                        )
+                        p = _phi_tile(PHI, WGT, c3, cm3, k, ai[None, :, None], cj[None, None, :], m3,
+                                      s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
                         arg = (x[:, :, None] + p - f1[:, None, :]) * inv_gamma
                         wf = tl.exp(tl.minimum(arg, 0.0))
                     wf = tl.where(m3, wf, 0.0)
@@ -486,24 +479,8 @@ if _HAS_TRITON:
                         x = tl.load(U + pa, mask=m2a, other=0.0).to(tl.float32)
                         x += tl.load(F + pa, mask=m2a, other=0.0)
                         gk = tl.load(G + pa, mask=m2a, other=0.0)
-                        p = _phi_tile(
-                            PHI,
-                            WGT,
-                            c3,
-                            cm3,
-                            k,
-                            a3,
-                            b3,
-                            m3,
-                            s_pc,
-                            s_pk,
-                            s_pa,
-                            s_pb,
-                            s_wc,
-                            s_wk,
-                            trunc,
-                            KIND,
-                        )
+                        p = _phi_tile(PHI, WGT, c3, cm3, k, a3, b3, m3,
+                                      s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
                         wf = tl.exp(
                             tl.minimum((x[:, :, None] + p - f1[:, None, :]) * inv_gamma, 0.0)
                         )
@@ -549,8 +526,10 @@ if _HAS_TRITON:
     # backward, Potts closed form (gamma > 0), O(L)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _bwd_potts_kernel(U, WGT, LEN, F, G, DM, DU, DW, C, n, L, s_wc, s_wk, inv_gamma, wscale, BLOCK_C: tl.constexpr, BLOCK_L:
-        tl.constexpr):
+    def _bwd_potts_kernel(
+        U, WGT, LEN, F, G, DM, DU, DW, C, n, L, s_wc, s_wk, inv_gamma, wscale, BLOCK_C: tl.constexpr, BLOCK_L:
+        tl.constexpr
+    ):
         cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
