@@ -98,6 +98,10 @@ def path_cover(
 
     Returns:
         A :class:`PathCover`: every edge in exactly one chain, every node in at least one.
+
+    Longer than 80 lines because the walk's state (used edges, the current path, adjacency
+    cursors) lives in local buffers shared by two small closures: a hot Python loop, kept in
+    one frame for speed.
     """
     if isinstance(edges, torch.Tensor):
         edges = edges.detach().cpu().numpy()

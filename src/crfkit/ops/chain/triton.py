@@ -386,6 +386,10 @@ if _HAS_TRITON:
         gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
         tl.constexpr, BLOCK_J: tl.constexpr
     ):
+        """Backward of the tiled forward: the two adjoint passes of the module docs, then ``d unary``.
+
+        Longer than 80 lines: a Triton kernel keeps its loops in one program (the passes share
+        the chain masks and pointers, and a helper per pass would take two dozen arguments)."""
         cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         c3 = c64[:, None, None]
