@@ -2,7 +2,7 @@
 
 - :class:`GridSpec`: a tiny grid model given by plain numpy arrays, one pairwise form per
   offset; :func:`spec_tables` expands every form to full tables by its definition
-  (``DESIGN.md``), :func:`spec_to_crf` builds the ``crfkit.GridCRF`` under test.
+  (``docs/architecture.md``, "Conventions"), :func:`spec_to_crf` builds the ``crfkit.GridCRF`` under test.
 - :func:`all_scores` / :func:`brute_max`: every labelling of a tiny grid scored by a direct sum.
 - :func:`chain_brute`: max / log-sum-exp over all labellings of one chain, and each position's
   (smoothed) max-marginals with ``x_k`` fixed.

@@ -27,7 +27,7 @@ from helpers import (
 
 solve_map = crfkit.solve_map
 
-# The three ways to run it (DESIGN.md): the default continuation, the paper's Alg. 1,
+# The three ways to run it (docs/maths.md, "Dual decomposition"): the default continuation, the paper's Alg. 1,
 # fixed smoothing.
 METHODS = {
     "default": {},

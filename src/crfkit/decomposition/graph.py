@@ -32,8 +32,7 @@ import torch
 
 from .._validation import CRFTypeError, CRFValueError
 from ..models.graph import GraphMRF
-from ..models.pairwise import PerEdgeTables, SharedTable, TruncatedLinear, WeightedTable
-from .chains import ChainGroup, ChainPairwise, ChainProblem
+from .chains import ChainGroup, ChainProblem
 
 __all__ = [
     "PathCover",
@@ -99,6 +98,10 @@ def path_cover(
 
     Returns:
         A :class:`PathCover`: every edge in exactly one chain, every node in at least one.
+
+    Longer than 80 lines because the walk's state (used edges, the current path, adjacency
+    cursors) lives in local buffers shared by two small closures: a hot Python loop, kept in
+    one frame for speed.
     """
     if isinstance(edges, torch.Tensor):
         edges = edges.detach().cpu().numpy()
@@ -335,10 +338,6 @@ def _compile_groups(N, edges, directed, max_length, max_groups) -> list[GraphCha
     return out
 
 
-def _is_symmetric(table: torch.Tensor) -> bool:
-    return bool(torch.equal(table, table.transpose(-1, -2)))
-
-
 def graph_chain_problem(
     mrf: GraphMRF,
     *,
@@ -369,15 +368,9 @@ def graph_chain_problem(
         raise CRFTypeError(f"expected a GraphMRF, got {type(mrf).__name__}")
     term = mrf.term
     N, E, L, B = mrf.num_nodes, mrf.num_edges, mrf.num_labels, mrf.batch_size
-    device, dtype = mrf.unary.device, mrf.unary.dtype
-    # shared / weighted tables that are not symmetric cannot be transposed per edge cheaply
-    cheap_table = None
-    if isinstance(term, (SharedTable, WeightedTable)):
-        cheap_table = term.table
+    device = mrf.unary.device
     if directed is None:
-        directed = cheap_table is not None and (
-            cheap_table.requires_grad or not _is_symmetric(cheap_table)
-        )
+        directed = term.needs_direction()
     groups1 = graph_chains(
         N,
         mrf.edges,
@@ -386,7 +379,7 @@ def graph_chain_problem(
         max_groups=max_groups,
         device=device,
     )
-
+    layout = mrf.layout()
     unary = mrf.unary.reshape(B * N, L)
     node_batch = torch.arange(B, device=device).repeat_interleave(N)
     base_n = (torch.arange(B, device=device) * N)[:, None, None]
@@ -394,52 +387,11 @@ def graph_chain_problem(
     groups = []
     for gi, g in enumerate(groups1):
         C1, n = g.nodes.shape
-        nodes = torch.where(
-            g.nodes[None] >= 0, g.nodes[None] + base_n, torch.full_like(g.nodes[None], -1)
-        )
-        nodes = nodes.reshape(B * C1, n)
-        lengths = g.lengths.repeat(B)
-        eid = g.edge_ids  # [C1, n-1]
-        flip = g.flipped
-        C = B * C1
-        if isinstance(term, PerEdgeTables):
-            flat = term.tables.reshape(B * E, L, L) if E else term.tables.reshape(0, L, L)
-            if E == 0:
-                tables = unary.new_zeros(C, n - 1, L, L)
-            else:
-                tb = flat[(eid[None] + base_e).reshape(C, n - 1)]
-                fl = flip.repeat(B, 1)[:, :, None, None]
-                tables = torch.where(fl, tb.transpose(-1, -2), tb).contiguous()
-            pw = ChainPairwise("dense", tables=tables)
-        elif isinstance(term, (SharedTable, WeightedTable)):
-            table = term.table.to(dtype)
-            if isinstance(term, SharedTable):
-                weight = torch.ones(C, n - 1, device=device, dtype=dtype)
-            else:
-                w = term.weight.reshape(B * E) if E else term.weight.reshape(0)
-                weight = (
-                    w[(eid[None] + base_e).reshape(C, n - 1)] if E else unary.new_ones(C, n - 1)
-                )
-            if bool(flip.any()):
-                # mixed orientations along a chain: dense tables (table or its transpose per edge)
-                both = torch.stack([table, table.transpose(0, 1)])
-                tables = weight[:, :, None, None] * both[flip.repeat(B, 1).long()]
-                pw = ChainPairwise("dense", tables=tables)
-            else:
-                pw = ChainPairwise("weighted", weight=weight, tables=table[None].expand(C, L, L))
-        elif isinstance(term, TruncatedLinear):
-            w = term.weight
-            if isinstance(w, torch.Tensor) and E:
-                weight = w.reshape(B * E)[(eid[None] + base_e).reshape(C, n - 1)]
-            else:
-                value = float(w) if not isinstance(w, torch.Tensor) else 0.0
-                weight = torch.full((C, n - 1), value, device=device, dtype=dtype)
-            pw = ChainPairwise("truncated_linear", weight=weight, truncation=float(term.truncation))
-        else:  # pragma: no cover - GraphMRF validates the forms
-            raise CRFTypeError(f"unknown pairwise form {type(term).__name__}")
+        nodes = torch.where(g.nodes[None] >= 0, g.nodes[None] + base_n, torch.full_like(g.nodes[None], -1))
+        index = (g.edge_ids[None] + base_e).reshape(B * C1, n - 1)  # flat edge of each chain edge
+        flip = g.flipped.repeat(B, 1) if bool(g.flipped.any()) else None
+        pw = term.along_chains(layout, index, flip)
         name = f"paths {gi} (length <= {n})"
-        groups.append(ChainGroup(nodes=nodes, lengths=lengths, pairwise=pw, name=name))
+        groups.append(ChainGroup(nodes=nodes.reshape(B * C1, n), lengths=g.lengths.repeat(B), pairwise=pw, name=name))
     node_shape = (B, N) if mrf.batched else (N,)
-    return ChainProblem(
-        unary=unary, node_batch=node_batch, batch_size=B, groups=groups, node_shape=node_shape
-    )
+    return ChainProblem(unary=unary, node_batch=node_batch, batch_size=B, groups=groups, node_shape=node_shape)

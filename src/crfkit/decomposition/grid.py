@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from ..models.grid import GridCRF
-from ..models.pairwise import PerEdgeTables, SharedTable, TruncatedLinear, WeightedTable
-from .chains import ChainGroup, ChainPairwise, ChainProblem
+from .chains import ChainGroup, ChainProblem
 
 __all__ = ["grid_chains", "grid_chain_problem"]
 
@@ -66,40 +65,15 @@ def grid_chain_problem(crf: GridCRF) -> ChainProblem:
     Differentiable: chain potentials are gathered from the model's tensors.
     """
     B, L, H, W = crf.shape
-    device, dtype = crf.unary.device, crf.unary.dtype
+    device = crf.unary.device
     HW = H * W
     unary = crf.unary.permute(0, 2, 3, 1).reshape(B * HW, L)
     node_batch = torch.arange(B, device=device).repeat_interleave(HW)
     groups = []
-    for (dy, dx), term in zip(crf.offsets, crf.terms):
+    for k, ((dy, dx), term) in enumerate(zip(crf.offsets, crf.terms)):
         nodes1, lengths1 = grid_chains(H, W, (dy, dx), device)
         nodes = _batched(nodes1, B, HW)
-        lengths = lengths1.repeat(B)
-        C, n = nodes.shape
         edge_idx = nodes[:, :-1].clamp(min=0)  # [C, n-1]: edge (y, x) indexed by its first pixel
-        if isinstance(term, PerEdgeTables):
-            flat = term.tables.permute(0, 3, 4, 1, 2).reshape(B * HW, L, L)
-            pw = ChainPairwise("dense", tables=flat[edge_idx])
-        elif isinstance(term, SharedTable):
-            pw = ChainPairwise(
-                "weighted",
-                weight=torch.ones(C, n - 1, device=device, dtype=dtype),
-                tables=term.table.to(dtype)[None].expand(C, L, L),
-            )
-        elif isinstance(term, WeightedTable):
-            pw = ChainPairwise(
-                "weighted",
-                weight=term.weight.reshape(B * HW)[edge_idx],
-                tables=term.table.to(dtype)[None].expand(C, L, L),
-            )
-        elif isinstance(term, TruncatedLinear):
-            w = term.weight
-            if isinstance(w, torch.Tensor):
-                weight = w.reshape(B * HW)[edge_idx]
-            else:
-                weight = torch.full((C, n - 1), float(w), device=device, dtype=dtype)
-            pw = ChainPairwise("truncated_linear", weight=weight, truncation=float(term.truncation))
-        else:  # pragma: no cover - GridCRF validates the forms
-            raise TypeError(f"unknown pairwise form {type(term).__name__}")
-        groups.append(ChainGroup(nodes=nodes, lengths=lengths, pairwise=pw, name=f"offset ({dy}, {dx})"))
+        pw = term.along_chains(crf.layout(k), edge_idx)
+        groups.append(ChainGroup(nodes=nodes, lengths=lengths1.repeat(B), pairwise=pw, name=f"offset ({dy}, {dx})"))
     return ChainProblem(unary=unary, node_batch=node_batch, batch_size=B, groups=groups, node_shape=(B, H, W))

@@ -41,7 +41,15 @@ from ..ops.chain import chain_marginals
 from ..ops.chain.torch import chain_values_torch
 from .decoding import ProblemEdges, chain_icm, decode_argmax, problem_score
 
-__all__ = ["MAPResult", "solve_map", "solve_chain_problem", "DualDecomposition", "STEP_RULES"]
+__all__ = [
+    "MAPResult",
+    "ChainSolution",
+    "SolverOptions",
+    "solve_map",
+    "solve_chain_problem",
+    "DualDecomposition",
+    "STEP_RULES",
+]
 
 STEP_RULES = ("adaptive", "paper")
 
@@ -92,9 +100,10 @@ class DualDecomposition:
     node scores.  Differentiable when the problem's tensors require grad (used by the layer).
     """
 
-    def __init__(self, problem: ChainProblem, implementation: str | None = None):
+    def __init__(self, problem: ChainProblem, implementation: str | None = None, *, validate_args: bool = True):
         self.problem = problem
         self.implementation = implementation
+        self.validate_args = bool(validate_args)
         unary = problem.unary
         V, L = unary.shape
         self.V, self.L = V, L
@@ -114,12 +123,15 @@ class DualDecomposition:
         count = torch.zeros(V, dtype=unary.dtype, device=device).index_add_(
             0, self.slot_node, torch.ones(self.S, dtype=unary.dtype, device=device)
         )
-        if bool((count == 0).any()):
+        if self.validate_args and bool((count == 0).any()):
             raise CRFValueError(
                 f"expected every node in at least one chain, got {int((count == 0).sum())} nodes in none"
             )
         self.count = count
-        self.max_chain_length = max((int(g.lengths.max()) for g in problem.groups if g.lengths.numel()), default=1)
+        if self.validate_args:
+            self.max_chain_length = max((int(g.lengths.max()) for g in problem.groups if g.lengths.numel()), default=1)
+        else:  # no host read: the padded length (equal to the longest chain for the decompositions)
+            self.max_chain_length = max((g.max_length for g in problem.groups if g.lengths.numel()), default=1)
         self.base = unary[self.slot_node] / count[self.slot_node, None]
 
     # -- multipliers ---------------------------------------------------------------------
@@ -151,7 +163,8 @@ class DualDecomposition:
         dual = torch.zeros(B, dtype=torch.float64, device=lam.device)
         for gi, g in enumerate(self.problem.groups):
             marg, value = chain_marginals(
-                self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma, implementation=self.implementation
+                self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma,
+                implementation=self.implementation, validate_args=self.validate_args,
             )
             _, _, flat, _ = self.group_index[gi]
             mus.append(marg.reshape(-1, self.L).index_select(0, flat))
@@ -163,7 +176,9 @@ class DualDecomposition:
         psi = self.psi(lam.detach())
         dual = torch.zeros(self.problem.batch_size, dtype=torch.float64, device=lam.device)
         for gi, g in enumerate(self.problem.groups):
-            value = chain_values_torch(self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma)
+            value = chain_values_torch(
+                self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma, allow_sync=self.validate_args
+            )
             dual.index_add_(0, self.chain_batch[gi], value.double())
         return dual
 
@@ -180,6 +195,30 @@ class DualDecomposition:
     def paper_step(self) -> float:
         return 1.0 / self.max_chain_length
 
+    def step(self, lam, mu, dual, alpha, gamma: float, *, extra=None, check: bool = True, slack: float = 1e-6,
+             force=None):
+        """One fixed-point update (Eq. 19/42), shared by :func:`solve_map` and the layer.
+
+        ``λ' = project(λ − α (μ − mean μ) + extra)`` is evaluated at ``gamma``; with ``check``, a
+        batch element whose dual rose by more than ``slack · max(|dual|, 1)`` keeps its old
+        iterate, unless ``force [B]`` (a step known to be monotone). ``alpha``: a number or
+        ``[S, 1]`` per slot; ``extra``: ``[S, L]`` (momentum) or ``None``.
+
+        Returns ``(λ, μ, dual, accepted [B] or None)``.
+        """
+        lam_new = lam - alpha * self.direction(mu)
+        if extra is not None:
+            lam_new = lam_new + extra
+        lam_new = self.project(lam_new)
+        mu_new, dual_new = self.evaluate(lam_new, gamma)
+        if not check:
+            return lam_new, mu_new, dual_new, None
+        ok = dual_new <= dual + slack * dual.abs().clamp(min=1.0)
+        if force is not None:
+            ok = ok | force
+        take = ok[self.slot_batch][:, None]
+        return torch.where(take, lam_new, lam), torch.where(take, mu_new, mu), torch.where(ok, dual_new, dual), ok
+
 
 def _potential_scale(problem: ChainProblem) -> float:
     """A robust size of the potentials, to place the default γ schedule (scale-free)."""
@@ -187,20 +226,7 @@ def _potential_scale(problem: ChainProblem) -> float:
     spread = (u - u.mean(dim=1, keepdim=True)).abs().mean().item()
     pw_spread = 0.0
     for g in problem.groups:
-        p = g.pairwise
-        if p.kind == "dense" and p.tables.numel():
-            t = p.tables.detach()
-            s = (t - t.mean(dim=(-1, -2), keepdim=True)).abs().mean().item()
-        elif p.kind == "weighted" and p.weight.numel():
-            t = p.tables.detach()[:1]
-            s = p.weight.detach().abs().mean().item() * (t - t.mean()).abs().mean().item()
-        elif p.kind == "truncated_linear" and p.weight.numel():
-            idx = torch.arange(problem.num_labels, dtype=torch.float64)
-            t = -(idx[:, None] - idx[None, :]).abs().clamp(max=float(p.truncation))
-            s = p.weight.detach().abs().mean().item() * (t - t.mean()).abs().mean().item()
-        else:
-            s = 0.0
-        pw_spread = max(pw_spread, s)
+        pw_spread = max(pw_spread, g.pairwise.spread(problem.num_labels))
     scale = max(spread, pw_spread)
     return scale if scale > 0 else 1.0
 
@@ -214,161 +240,191 @@ def default_gamma_schedule(problem: ChainProblem, stages: int = 10, start: float
     return [start * s * r**k for k in range(stages)]
 
 
-@torch.no_grad()
-def solve_chain_problem(
-    problem: ChainProblem,
-    iters: int = 1000,
-    gamma: float | None = None,
-    step: str | float = "adaptive",
-    *,
-    stages: int = 20,
-    gamma_start: float = 0.3,
-    gamma_end: float = 1e-4,
-    gammas: list[float] | None = None,
-    decode: str = "icm",
-    icm_sweeps: int = 3,
-    certificate_every: int = 10,
-    decode_every: int | None = None,
-    tol: float = 0.0,
-    momentum: bool = True,
-    callback: Callable[[dict], None] | None = None,
-    implementation: str | None = None,
-) -> dict:
-    """Run the fixed-point iteration on a chain problem; returns a dict of flat results.
+@dataclass
+class SolverOptions:
+    """The options of :func:`solve_map` / :func:`solve_chain_problem` (documented in :func:`solve_map`).
 
-    See :func:`solve_map` for the arguments; ``gammas`` gives an explicit stage schedule.
+    ``gammas`` gives an explicit stage schedule (overrides ``gamma`` and the continuation);
+    ``validate_args=False`` skips the checks that read tensors on the host (device syncs)."""
+
+    iters: int = 1000
+    gamma: float | None = None
+    step: str | float = "adaptive"
+    stages: int = 20
+    gamma_start: float = 0.3
+    gamma_end: float = 1e-4
+    gammas: list[float] | None = None
+    decode: str = "icm"
+    icm_sweeps: int = 3
+    certificate_every: int = 10
+    decode_every: int | None = None
+    tol: float = 0.0
+    momentum: bool = True
+    callback: Callable[[dict], None] | None = None
+    implementation: str | None = None
+    validate_args: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.step, str):
+            if self.step not in STEP_RULES:
+                raise CRFValueError(f"expected step in {STEP_RULES} or a positive number, got {self.step!r}")
+        elif not (float(self.step) > 0):
+            raise CRFValueError(f"expected a positive step, got {self.step!r}")
+        if self.decode not in ("icm", "argmax"):
+            raise CRFValueError(f"expected decode in ('icm', 'argmax'), got {self.decode!r}")
+        self.iters = int(self.iters)
+        if self.iters < 0:
+            raise CRFValueError(f"expected iters >= 0, got {self.iters}")
+
+    def stage_gammas(self, problem: ChainProblem) -> list[float]:
+        """The γ of each stage: the explicit schedule, one fixed γ, or the default continuation."""
+        if self.gammas is not None:
+            return [check_gamma(g, "gammas entry") for g in self.gammas]
+        if self.gamma is not None:
+            return [check_gamma(self.gamma)]
+        return default_gamma_schedule(problem, self.stages, self.gamma_start, self.gamma_end)
+
+
+@dataclass
+class ChainSolution:
+    """What :func:`solve_chain_problem` returns, on the problem's flat nodes ``V``.
+
+    ``labels [V]``, ``primal [B]`` and ``dual [B]`` (float64: the best score found and the
+    certificate), ``dual_history [iters + 1, B]``, ``gamma_history [iters + 1]``, ``marginals
+    [V, L]`` (summed (smoothed) max-marginals at the last iterate), ``iterations``, ``seconds``,
+    ``info`` (paper step, final steps, rejected steps, stage gammas)."""
+
+    labels: torch.Tensor
+    primal: torch.Tensor
+    dual: torch.Tensor
+    dual_history: torch.Tensor
+    gamma_history: torch.Tensor
+    marginals: torch.Tensor
+    iterations: int
+    seconds: float
+    info: dict
+
+
+class _Incumbent:
+    """The best labelling and the lowest certificate seen (per batch element)."""
+
+    def __init__(self, problem: ChainProblem, dd: DualDecomposition, opts: SolverOptions):
+        B, device = problem.batch_size, problem.unary.device
+        self.problem, self.dd, self.opts = problem, dd, opts
+        self.edges = ProblemEdges(problem) if opts.decode == "icm" else None
+        self.labels = torch.zeros(problem.num_nodes, dtype=torch.long, device=device)
+        self.primal = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
+        self.certificate = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+
+    def consider(self, labels: torch.Tensor) -> None:
+        sc = problem_score(self.problem, labels)
+        better = sc > self.primal
+        if bool(better.any()):
+            take = better[self.problem.node_batch]
+            self.labels = torch.where(take, labels, self.labels)
+            self.primal = torch.where(better, sc, self.primal)
+
+    def decode(self, mu: torch.Tensor) -> None:
+        lab = decode_argmax(self.dd.node_beliefs(mu))
+        self.consider(lab)
+        if self.edges is not None:
+            self.consider(chain_icm(self.problem, lab, self.edges, sweeps=self.opts.icm_sweeps))
+
+    def bound(self, value: torch.Tensor) -> None:
+        self.certificate = torch.minimum(self.certificate, value)
+
+    def certify(self, lam: torch.Tensor, dual: torch.Tensor, g: float) -> None:
+        self.bound(dual if g == 0.0 else self.dd.evaluate_value(lam, 0.0))
+        if g > 0.0:  # D_γ >= D_0 is a valid (weaker) bound too
+            self.bound(dual)
+
+    def converged(self, tol: float) -> bool:
+        return tol > 0 and bool(((self.certificate - self.primal) <= tol * self.primal.abs().clamp(min=1.0)).all())
+
+
+@torch.no_grad()
+def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = None, **kwargs) -> ChainSolution:
+    """Run the fixed-point iteration on a chain problem (see :func:`solve_map` for the options;
+    pass a :class:`SolverOptions` or its fields as keywords).
+
+    One function for the whole run (stages, steps, certificates, decoding): the loop's state is
+    read and written by every part of it; split, it would pass a dozen values back and forth.
     """
+    opts = options if options is not None else SolverOptions(**kwargs)
     t0 = time.perf_counter()
-    dd = DualDecomposition(problem, implementation=implementation)
-    B, device = problem.batch_size, problem.unary.device
-    L = problem.num_labels
-    if isinstance(step, str):
-        if step not in STEP_RULES:
-            raise CRFValueError(f"expected step in {STEP_RULES} or a positive number, got {step!r}")
-    elif not (float(step) > 0):
-        raise CRFValueError(f"expected a positive step, got {step!r}")
-    if decode not in ("icm", "argmax"):
-        raise CRFValueError(f"expected decode in ('icm', 'argmax'), got {decode!r}")
-    if gammas is None:
-        if gamma is None:
-            stage_gammas = default_gamma_schedule(problem, stages, gamma_start, gamma_end)
-        else:
-            stage_gammas = [check_gamma(gamma)]
-    else:
-        stage_gammas = [check_gamma(g, "gammas entry") for g in gammas]
-    iters = int(iters)
-    if iters < 0:
-        raise CRFValueError(f"expected iters >= 0, got {iters}")
-    n_stages = len(stage_gammas)
+    dd = DualDecomposition(problem, implementation=opts.implementation, validate_args=opts.validate_args)
+    B, device, L = problem.batch_size, problem.unary.device, problem.num_labels
+    stage_gammas = opts.stage_gammas(problem)
+    iters, n_stages = opts.iters, len(stage_gammas)
     stage_of_iter = [min(n_stages - 1, (k * n_stages) // max(iters, 1)) for k in range(iters)]
     paper = dd.paper_step
-    if step == "paper":
-        alpha0, adaptive = paper, False
-    elif step == "adaptive":
-        alpha0, adaptive = paper, True
-    else:
-        alpha0, adaptive = float(step), False
+    adaptive = opts.step == "adaptive"
+    alpha0 = paper if isinstance(opts.step, str) else float(opts.step)
     alpha = torch.full((B,), alpha0, dtype=torch.float64, device=device)
-    alpha_max = 1.0
     lam = torch.zeros(dd.S, L, dtype=problem.unary.dtype, device=device)
-    edges = ProblemEdges(problem) if decode == "icm" else None
-
-    best_labels = torch.zeros(problem.num_nodes, dtype=torch.long, device=device)
-    best_primal = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
-    certificate = torch.full((B,), math.inf, dtype=torch.float64, device=device)
-
-    def consider(labels: torch.Tensor):
-        nonlocal best_labels, best_primal
-        sc = problem_score(problem, labels)
-        better = sc > best_primal
-        if bool(better.any()):
-            take = better[problem.node_batch]
-            best_labels = torch.where(take, labels, best_labels)
-            best_primal = torch.where(better, sc, best_primal)
-
-    def decode_now(mu: torch.Tensor):
-        beliefs = dd.node_beliefs(mu)
-        lab = decode_argmax(beliefs)
-        consider(lab)
-        if edges is not None:
-            consider(chain_icm(problem, lab, edges, sweeps=icm_sweeps))
-
-    def certify(lam_now: torch.Tensor, dual_now: torch.Tensor, g: float):
-        nonlocal certificate
-        d0 = dual_now if g == 0.0 else dd.evaluate_value(lam_now, 0.0)
-        certificate = torch.minimum(certificate, d0)
-        if g > 0.0:  # D_γ >= D_0 is a valid (weaker) bound too
-            certificate = torch.minimum(certificate, dual_now)
+    best = _Incumbent(problem, dd, opts)
+    slack = 1e-12 if lam.dtype == torch.float64 else 1e-6  # relative, for rounding
 
     g_cur = stage_gammas[0] if n_stages else 0.0
     mu, dual = dd.evaluate(lam, g_cur)
-    history = [dual.clone()]
-    gamma_hist = [g_cur]
-    certify(lam, dual, g_cur)
+    history, gamma_hist = [dual.clone()], [g_cur]
+    best.certify(lam, dual, g_cur)
     rejected = 0
     lam_prev = lam
     run = torch.zeros(B, dtype=torch.float64, device=device)  # accepted steps since the last restart
-    use_momentum = adaptive and momentum
+    use_momentum = adaptive and opts.momentum
     for it in range(iters):
         g_new = stage_gammas[stage_of_iter[it]]
         if g_new != g_cur:
             # stage end: certificate and decoding at the old stage's end, then re-evaluate
-            certify(lam, dual, g_cur)
-            decode_now(mu)
+            best.certify(lam, dual, g_cur)
+            best.decode(mu)
             g_cur = g_new
             mu, dual = dd.evaluate(lam, g_cur)
             lam_prev, run = lam, torch.zeros_like(run)
-        d = dd.direction(mu)
-        lam_new = lam - alpha.to(lam.dtype)[dd.slot_batch, None] * d
+        extra = None
         if use_momentum:
             # heavy-ball extrapolation, restarted whenever a step is undone (adaptive restart)
             beta = (run / (run + 1.0)).clamp(max=0.9).to(lam.dtype)[dd.slot_batch, None]
-            lam_new = lam_new + beta * (lam - lam_prev)
-        lam_new = dd.project(lam_new)
-        mu_new, dual_new = dd.evaluate(lam_new, g_cur)
+            extra = beta * (lam - lam_prev)
+        lam_old = lam
+        # adaptive: accept where the objective did not rise; the paper's step is monotone by the
+        # theorem, so it is always accepted
+        lam, mu, dual, accept = dd.step(
+            lam, mu, dual, alpha.to(lam.dtype)[dd.slot_batch, None], g_cur, extra=extra, check=adaptive,
+            slack=slack, force=alpha <= paper * (1 + 1e-12),
+        )
         if adaptive:
-            # accept where the objective did not rise (relative slack for rounding); the paper's
-            # step is monotone by the theorem, so it is always accepted
-            slack = 1e-12 * dual.abs().clamp(min=1.0) if lam.dtype == torch.float64 else 1e-6 * dual.abs().clamp(min=1.0)
-            accept = (dual_new <= dual + slack) | (alpha <= paper * (1 + 1e-12))
             rejected += int((~accept).sum())
-            take = accept[dd.slot_batch][:, None]
-            lam_prev = torch.where(take, lam, lam_prev)
-            lam = torch.where(take, lam_new, lam)
-            lam_prev = torch.where(take, lam_prev, lam)  # a rejected step restarts the momentum
+            lam_prev = lam_old  # after a rejected step lam == lam_old: the momentum restarts
             run = torch.where(accept, run + 1.0, torch.zeros_like(run))
-            mu = torch.where(take, mu_new, mu)
-            dual = torch.where(accept, dual_new, dual)
-            alpha = torch.where(accept, (alpha * 1.5).clamp(max=alpha_max), (alpha * 0.5).clamp(min=paper))
-        else:
-            lam, mu, dual = lam_new, mu_new, dual_new
+            alpha = torch.where(accept, (alpha * 1.5).clamp(max=1.0), (alpha * 0.5).clamp(min=paper))
         history.append(dual.clone())
         gamma_hist.append(g_cur)
         if g_cur == 0.0:
-            certificate = torch.minimum(certificate, dual)
-        elif certificate_every and (it + 1) % certificate_every == 0:
-            certify(lam, dual, g_cur)
-        if decode_every and (it + 1) % decode_every == 0:
-            decode_now(mu)
-        if callback is not None:
-            callback({"iteration": it + 1, "iters": iters, "gamma": g_cur, "dual": dual, "certificate": certificate,
-                      "primal": best_primal, "step": alpha})
-        if tol > 0 and bool(((certificate - best_primal) <= tol * best_primal.abs().clamp(min=1.0)).all()):
+            best.bound(dual)
+        elif opts.certificate_every and (it + 1) % opts.certificate_every == 0:
+            best.certify(lam, dual, g_cur)
+        if opts.decode_every and (it + 1) % opts.decode_every == 0:
+            best.decode(mu)
+        if opts.callback is not None:
+            opts.callback({"iteration": it + 1, "iters": iters, "gamma": g_cur, "dual": dual,
+                           "certificate": best.certificate, "primal": best.primal, "step": alpha})
+        if best.converged(opts.tol):
             break
-    certify(lam, dual, g_cur)
-    decode_now(mu)
-    beliefs = dd.node_beliefs(mu)
-    return {
-        "labels": best_labels,
-        "primal": best_primal,
-        "dual": certificate,
-        "dual_history": torch.stack(history),
-        "gamma_history": torch.tensor(gamma_hist, dtype=torch.float64),
-        "beliefs": beliefs,
-        "iterations": len(history) - 1,
-        "seconds": time.perf_counter() - t0,
-        "info": {"paper_step": paper, "final_step": alpha.tolist(), "rejected_steps": rejected, "gammas": stage_gammas},
-    }
+    best.certify(lam, dual, g_cur)
+    best.decode(mu)
+    return ChainSolution(
+        labels=best.labels,
+        primal=best.primal,
+        dual=best.certificate,
+        dual_history=torch.stack(history),
+        gamma_history=torch.tensor(gamma_hist, dtype=torch.float64),
+        marginals=dd.node_beliefs(mu),
+        iterations=len(history) - 1,
+        seconds=time.perf_counter() - t0,
+        info={"paper_step": paper, "final_step": alpha.tolist(), "rejected_steps": rejected, "gammas": stage_gammas},
+    )
 
 
 def _problem_of(model) -> tuple[ChainProblem, Callable]:
@@ -417,6 +473,7 @@ def solve_map(
     momentum: bool = True,
     callback: Callable[[dict], None] | None = None,
     implementation: str | None = None,
+    validate_args: bool = True,
 ) -> MAPResult:
     """MAP inference by dual decomposition into chains, with a certificate.
 
@@ -438,6 +495,8 @@ def solve_map(
         tol: stop when ``gap <= tol * |primal|`` for every batch element.
         callback: called after each iteration with a dict (iteration, gamma, dual, certificate, ...).
         implementation: force a chain kernel (``"reference"``, ``"torch"``, ``"triton"``).
+        validate_args: run the checks that read tensors on the host (``lengths``, the weights'
+            sign for a fast path when the model does not know it); ``False`` skips them.
 
     Returns:
         :class:`MAPResult` with ``primal <= max score <= LP optimum <= dual``.
@@ -445,26 +504,26 @@ def solve_map(
     Examples:
         >>> res = crfkit.solve_map(crf, iters=100, gamma=0.0, step="paper")  # the paper's Alg. 1
     """
+    options = SolverOptions(
+        iters=iters, gamma=gamma, step=step, stages=stages, gamma_start=gamma_start, gamma_end=gamma_end,
+        decode=decode, icm_sweeps=icm_sweeps, certificate_every=certificate_every, decode_every=decode_every,
+        tol=tol, momentum=momentum, callback=callback, implementation=implementation, validate_args=validate_args,
+    )  # checked here, before any work
     problem, fold = _problem_of(model)
-    out = solve_chain_problem(
-        problem, iters, gamma, step, stages=stages, gamma_start=gamma_start, gamma_end=gamma_end,
-        decode=decode, icm_sweeps=icm_sweeps, certificate_every=certificate_every,
-        decode_every=decode_every, tol=tol, momentum=momentum, callback=callback,
-        implementation=implementation,
-    )
-    labels, marginals = fold(out["labels"], out["beliefs"])
+    out = solve_chain_problem(problem, options)
+    labels, marginals = fold(out.labels, out.marginals)
     with torch.no_grad():
         primal = model.score(labels).reshape(-1).double()
-    dual = out["dual"]
+    dual = out.dual
     return MAPResult(
         labels=labels,
         primal=primal.to(dual.dtype),
         dual=dual,
         gap=(dual - primal).clamp(min=0.0),  # primal <= dual holds exactly; clamp rounding noise
-        dual_history=out["dual_history"],
-        gamma_history=out["gamma_history"],
+        dual_history=out.dual_history,
+        gamma_history=out.gamma_history,
         marginals=marginals,
-        iterations=out["iterations"],
-        seconds=out["seconds"],
-        info=out["info"],
+        iterations=out.iterations,
+        seconds=out.seconds,
+        info=out.info,
     )

@@ -6,14 +6,13 @@ import torch
 
 from .._validation import (
     CRFShapeError,
-    CRFTypeError,
     CRFValueError,
     check_finite,
     check_labels,
     check_tensor,
     fmt_shape,
 )
-from .pairwise import PairwiseForm, PerEdgeTables, SharedTable, TruncatedLinear, WeightedTable, coerce_weight
+from .pairwise import EdgeLayout, PairwiseForm, as_form
 
 __all__ = ["GraphMRF"]
 
@@ -29,12 +28,16 @@ class GraphMRF:
             a tensor ``[L, L]`` shared by all edges, a pair ``(weight [E] or [B, E], table [L, L])``,
             or ``Potts(weight)`` / ``TruncatedLinear(weight, truncation)``.
 
+        validate_args: check values too (NaN, inf, edge indices, repeated edges, the sign of
+            truncated-linear weights), which reads tensors on the host (device syncs); ``False``
+            keeps the shape and dtype checks only.
+
     The arguments are kept as ``mrf.unary``, ``mrf.edges``, ``mrf.pairwise``; ``mrf.term``
     is the pairwise normalised to a :mod:`crfkit.models.pairwise` form; ``mrf.batched`` says
     whether a batch dimension was given.
     """
 
-    def __init__(self, unary: torch.Tensor, edges: torch.Tensor, pairwise):
+    def __init__(self, unary: torch.Tensor, edges: torch.Tensor, pairwise, *, validate_args: bool = True):
         if isinstance(unary, torch.Tensor) and unary.dim() == 2:
             sizes = check_tensor(unary, "unary", "N L", floating=True)
             self.batched = False
@@ -43,9 +46,11 @@ class GraphMRF:
             self.batched = True
         if sizes["N"] == 0 or sizes["L"] == 0 or sizes.get("B", 1) == 0:
             raise CRFShapeError(f"expected a non-empty model: unary with N >= 1 and L >= 1, got {fmt_shape(unary.shape)}")
-        check_finite(unary, "unary")
+        self.validate_args = bool(validate_args)
+        if self.validate_args:
+            check_finite(unary, "unary")
         sizes = check_tensor(edges, "edges", "E 2", sizes, integer=True)
-        if sizes["E"] > 0:
+        if sizes["E"] > 0 and self.validate_args:
             lo, hi = int(edges.min()), int(edges.max())
             if lo < 0 or hi >= sizes["N"]:
                 raise CRFValueError(f"expected edges with node indices in [0, {sizes['N'] - 1}], got values in [{lo}, {hi}]")
@@ -80,56 +85,35 @@ class GraphMRF:
         b = f"B={self.batch_size}, " if self.batched else ""
         return f"GraphMRF({b}N={self.num_nodes}, E={self.num_edges}, L={self.num_labels}, pairwise={type(self.term).__name__})"
 
-    def _edge_letters(self) -> str:
-        return "B E" if self.batched else "E"
+    def layout(self) -> EdgeLayout:
+        """The edge layout: weights ``[E]`` / ``[B, E]``, tables ``[E, L, L]`` / ``[B, E, L, L]``;
+        edge ``e`` of model ``b`` has the flat index ``b * E + e``."""
+        s = self._sizes
+        L = s["L"]
+        return EdgeLayout(
+            name="pairwise",
+            weight_letters="B E" if self.batched else "E",
+            table_letters="B E L L" if self.batched else "E L L",
+            sizes=dict(s),
+            flat_weight=lambda w: w.reshape(-1),
+            flat_tables=lambda t: t.reshape(-1, L, L),
+            dtype=self.unary.dtype,
+            device=self.unary.device,
+            check_values=self.validate_args,
+        )
 
     def _normalise(self, pairwise) -> PairwiseForm:
-        s = self._sizes
-        if isinstance(pairwise, torch.Tensor):
-            if pairwise.dim() == 2:
-                pairwise = SharedTable(pairwise)
-            else:
-                pairwise = PerEdgeTables(pairwise)
-        elif isinstance(pairwise, tuple) and len(pairwise) == 2:
-            pairwise = WeightedTable(*pairwise)
-        if isinstance(pairwise, PerEdgeTables):
-            check_tensor(pairwise.tables, "pairwise", self._edge_letters() + " L L", s, floating=True)
-            check_finite(pairwise.tables, "pairwise")
-        elif isinstance(pairwise, SharedTable):
-            check_tensor(pairwise.table, "pairwise", "L L", {"L": s["L"]}, floating=True)
-            check_finite(pairwise.table, "pairwise")
-        elif isinstance(pairwise, WeightedTable):
-            check_tensor(pairwise.weight, "pairwise weight", self._edge_letters(), s, floating=True)
-            check_tensor(pairwise.table, "pairwise table", "L L", {"L": s["L"]}, floating=True)
-            check_finite(pairwise.weight, "pairwise weight")
-            check_finite(pairwise.table, "pairwise table")
-        elif isinstance(pairwise, TruncatedLinear):
-            w = coerce_weight(pairwise.weight, "pairwise weight")
-            if isinstance(w, torch.Tensor):
-                check_tensor(w, "pairwise weight", self._edge_letters(), s, floating=True)
-                check_finite(w, "pairwise weight")
-        else:
-            raise CRFTypeError(
-                "expected pairwise as a tensor [E, L, L] (or [B, E, L, L]), a tensor [L, L], a pair "
-                f"(weight, table), Potts or TruncatedLinear; got {type(pairwise).__name__}"
-            )
-        return pairwise
+        return as_form(pairwise, self.layout())
+
+    def _edge_index(self) -> torch.Tensor:
+        """Flat indices of all edges: ``[E]``, or ``[B, E]`` when batched."""
+        E = self._sizes["E"]
+        idx = torch.arange(self.batch_size * E, device=self.unary.device)
+        return idx.view(self.batch_size, E) if self.batched else idx
 
     def edge_tables(self) -> torch.Tensor:
         """Dense per-edge tables ``[E, L, L]`` (``[B, E, L, L]`` when batched). Small models only."""
-        s, t = self._sizes, self.term
-        L, E = s["L"], s["E"]
-        lead = (s["B"], E) if self.batched else (E,)
-        if isinstance(t, PerEdgeTables):
-            return t.tables
-        if isinstance(t, SharedTable):
-            return t.table.expand(*lead, L, L)
-        if isinstance(t, WeightedTable):
-            return t.weight[..., None, None] * t.table
-        idx = torch.arange(L, device=self.unary.device, dtype=self.unary.dtype)
-        dist = -(idx[:, None] - idx[None, :]).abs().clamp(max=float(t.truncation))
-        w = t.weight if isinstance(t.weight, torch.Tensor) else torch.full(lead, float(t.weight), dtype=self.unary.dtype, device=self.unary.device)
-        return w[..., None, None] * dist
+        return self.term.edge_tables(self.layout(), self._edge_index())
 
     def score(self, labels: torch.Tensor) -> torch.Tensor:
         """Score of labellings: ``labels [N]`` -> scalar, or ``[B, N]`` -> ``[B]`` when batched."""
@@ -141,15 +125,5 @@ class GraphMRF:
         un = self.unary.gather(-1, labels[..., None]).squeeze(-1).sum(-1)
         a = labels[..., self.edges[:, 0]]
         c = labels[..., self.edges[:, 1]]
-        t = self.term
-        if isinstance(t, PerEdgeTables):
-            L = s["L"]
-            flat = t.tables.reshape(*t.tables.shape[:-2], L * L)
-            pw = flat.gather(-1, (a * L + c)[..., None]).squeeze(-1)
-        elif isinstance(t, SharedTable):
-            pw = t.table[a, c]
-        elif isinstance(t, WeightedTable):
-            pw = t.weight * t.table[a, c]
-        else:
-            pw = -t.weight * (a - c).abs().to(self.unary.dtype).clamp(max=float(t.truncation))
+        pw = self.term.pair_scores(self.layout(), self._edge_index(), a, c)
         return un + pw.sum(-1)

@@ -16,14 +16,7 @@ from .._validation import (
     check_tensor,
     fmt_shape,
 )
-from .pairwise import (
-    PairwiseForm,
-    PerEdgeTables,
-    SharedTable,
-    TruncatedLinear,
-    WeightedTable,
-    coerce_weight,
-)
+from .pairwise import EdgeLayout, PairwiseForm, as_form
 
 __all__ = ["GridCRF", "DEFAULT_OFFSETS", "check_offsets"]
 
@@ -69,18 +62,31 @@ class GridCRF:
 
             A single tensor ``[B, K, L, L, H, W]`` gives per-edge tables for all ``K`` offsets.
         offsets: ``K`` pairs ``(dy, dx)``; default :data:`DEFAULT_OFFSETS`.
+        validate_args: check values too (NaN, inf, the sign of truncated-linear weights), which
+            reads tensors on the host (device syncs). ``False`` keeps the shape and dtype checks
+            only (e.g. inside a training step); a truncated-linear tensor weight of unknown sign
+            then takes the chain kernels' exact table path instead of their O(L) fast path.
 
     The constructor's arguments are kept as attributes of the same names
     (``crf.unary``, ``crf.pairwise``, ``crf.offsets``); ``crf.terms`` holds the pairwise
     entries normalised to :mod:`crfkit.models.pairwise` forms.
     """
 
-    def __init__(self, unary: torch.Tensor, pairwise, offsets: Sequence[tuple[int, int]] = DEFAULT_OFFSETS):
+    def __init__(
+        self,
+        unary: torch.Tensor,
+        pairwise,
+        offsets: Sequence[tuple[int, int]] = DEFAULT_OFFSETS,
+        *,
+        validate_args: bool = True,
+    ):
         self.offsets = check_offsets(offsets)
         sizes = check_tensor(unary, "unary", "B L H W", floating=True)
         if min(sizes["B"], sizes["L"], sizes["H"], sizes["W"]) == 0:
             raise CRFShapeError(f"expected a non-empty grid: unary of shape [B, L, H, W] with all sizes >= 1, got {fmt_shape(unary.shape)}")
-        check_finite(unary, "unary")
+        self.validate_args = bool(validate_args)
+        if self.validate_args:
+            check_finite(unary, "unary")
         self.unary = unary
         self.pairwise = pairwise
         self._sizes = sizes
@@ -133,73 +139,47 @@ class GridCRF:
             raise CRFShapeError(f"expected one pairwise entry per offset ({K} offsets {self.offsets}), got {len(entries)}")
         return [self._normalise_one(e, k) for k, e in enumerate(entries)]
 
+    def layout(self, k: int) -> EdgeLayout:
+        """The edge layout of offset ``k``: weights ``[B, H, W]``, tables ``[B, L, L, H, W]``; the flat
+        index of the edge whose first pixel is ``(y, x)`` in grid ``b`` is ``b * H * W + y * W + x``."""
+        B, L, H, W = self.shape
+        return EdgeLayout(
+            name=f"pairwise[{k}] (offset {self.offsets[k]})",
+            weight_letters="B H W",
+            table_letters="B L L H W",
+            sizes=dict(self._sizes),
+            flat_weight=lambda w: w.reshape(B * H * W),
+            flat_tables=lambda t: t.permute(0, 3, 4, 1, 2).reshape(B * H * W, L, L),
+            dtype=self.unary.dtype,
+            device=self.unary.device,
+            check_values=self.validate_args,
+        )
+
     def _normalise_one(self, entry, k: int) -> PairwiseForm:
-        s = self._sizes
-        name = f"pairwise[{k}] (offset {self.offsets[k]})"
-        edge = {"B": s["B"], "H": s["H"], "W": s["W"]}
-        if isinstance(entry, torch.Tensor):
-            if entry.dim() == 2:
-                entry = SharedTable(entry)
-            elif entry.dim() == 5:
-                entry = PerEdgeTables(entry)
-            else:
-                raise CRFShapeError(
-                    f"expected {name} of shape [B, L, L, H, W] or [L, L], got {fmt_shape(entry.shape)}"
-                )
-        elif isinstance(entry, tuple) and len(entry) == 2 and not isinstance(entry, PairwiseForm):
-            entry = WeightedTable(*entry)
-        if isinstance(entry, PerEdgeTables):
-            check_tensor(entry.tables, name, "B L L H W", s, floating=True)
-            check_finite(entry.tables, name)
-        elif isinstance(entry, SharedTable):
-            check_tensor(entry.table, name, "L L", {"L": s["L"]}, floating=True)
-            check_finite(entry.table, name)
-        elif isinstance(entry, WeightedTable):
-            check_tensor(entry.weight, name + " weight", "B H W", edge, floating=True)
-            check_tensor(entry.table, name + " table", "L L", {"L": s["L"]}, floating=True)
-            check_finite(entry.weight, name + " weight")
-            check_finite(entry.table, name + " table")
-        elif isinstance(entry, TruncatedLinear):
-            w = coerce_weight(entry.weight, name + " weight")
-            if isinstance(w, torch.Tensor):
-                check_tensor(w, name + " weight", "B H W", edge, floating=True)
-                check_finite(w, name + " weight")
-            elif w != w or abs(w) == float("inf"):
-                raise CRFValueError(f"expected a finite {name} weight, got {w}")
-        else:
-            raise CRFTypeError(
-                f"expected {name} as a tensor [B, L, L, H, W] or [L, L], a pair (weight [B, H, W], table [L, L]), "
-                f"Potts or TruncatedLinear; got {type(entry).__name__}"
-            )
-        return entry
+        return as_form(entry, self.layout(k))
+
+    def _edge_index(self, rows: slice | torch.Tensor, cols: slice | None = None) -> torch.Tensor:
+        """Flat edge indices of pixels: a boolean mask ``[H, W]`` -> ``[B, count]``; or slices of
+        rows and columns -> ``[B, h, w]``."""
+        B, _, H, W = self.shape
+        pix = torch.arange(H * W, device=self.unary.device).view(H, W)
+        sel = pix[rows] if cols is None else pix[rows, cols]
+        base = torch.arange(B, device=self.unary.device) * (H * W)
+        return base.view(B, *([1] * sel.dim())) + sel
 
     # ------------------------------------------------------------------ conversion
     def edge_list(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All edges as ``edges [E, 2]`` (node ``y * W + x`` within one grid) and dense tables
         ``[B, E, L, L]``, offsets in order, edges of one offset in row-major order of their first
         pixel.  Dense: for small models, references and LPs."""
-        from ..models.pairwise import label_distance_table  # local: avoid a cycle in docs tools
-
         B, L, H, W = self.shape
         ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
         all_edges, all_tables = [], []
-        for (dy, dx), term in zip(self.offsets, self.terms):
+        for k, ((dy, dx), term) in enumerate(zip(self.offsets, self.terms)):
             y2, x2 = ys + dy, xs + dx
             ok = (y2 < H) & (x2 >= 0) & (x2 < W)
-            e = torch.stack([(ys * W + xs)[ok], (y2 * W + x2)[ok]], dim=1)
-            if isinstance(term, PerEdgeTables):
-                t = term.tables.permute(0, 3, 4, 1, 2)[:, ok]
-            elif isinstance(term, SharedTable):
-                t = term.table.expand(B, e.shape[0], L, L)
-            elif isinstance(term, WeightedTable):
-                t = term.weight[:, ok][..., None, None] * term.table
-            else:
-                dist = label_distance_table(L, term.truncation, dtype=self.unary.dtype, device=self.unary.device)
-                w = term.weight
-                w = w[:, ok] if isinstance(w, torch.Tensor) else torch.full((B, e.shape[0]), float(w), dtype=self.unary.dtype, device=self.unary.device)
-                t = w[..., None, None] * dist
-            all_edges.append(e)
-            all_tables.append(t)
+            all_edges.append(torch.stack([(ys * W + xs)[ok], (y2 * W + x2)[ok]], dim=1))
+            all_tables.append(term.edge_tables(self.layout(k), self._edge_index(ok.to(self.unary.device))))
         edges = torch.cat(all_edges).to(self.unary.device)
         return edges, torch.cat(all_tables, dim=1)
 
@@ -216,7 +196,7 @@ class GridCRF:
         """Per-edge scores ``[B, H - dy, W - |dx|]``-like maps, one per offset (zero off-grid)."""
         B, L, H, W = self.shape
         out = []
-        for (dy, dx), term in zip(self.offsets, self.terms):
+        for k, ((dy, dx), term) in enumerate(zip(self.offsets, self.terms)):
             ys = slice(0, H - dy)
             if dx >= 0:
                 xs_a, xs_c = slice(0, W - dx), slice(dx, W)
@@ -224,20 +204,7 @@ class GridCRF:
                 xs_a, xs_c = slice(-dx, W), slice(0, W + dx)
             a = labels[:, ys, xs_a]
             c = labels[:, dy:H, xs_c]
-            if isinstance(term, PerEdgeTables):
-                t = term.tables[:, :, :, ys, xs_a]
-                v = t.gather(1, a[:, None, None].expand(-1, 1, L, -1, -1)).squeeze(1)
-                v = v.gather(1, c[:, None]).squeeze(1)
-            elif isinstance(term, SharedTable):
-                v = term.table[a, c]
-            elif isinstance(term, WeightedTable):
-                v = term.weight[:, ys, xs_a] * term.table[a, c]
-            else:
-                dist = (a - c).abs().to(self.unary.dtype).clamp(max=float(term.truncation))
-                w = term.weight
-                w = w[:, ys, xs_a] if isinstance(w, torch.Tensor) else w
-                v = -w * dist
-            out.append(v)
+            out.append(term.pair_scores(self.layout(k), self._edge_index(ys, xs_a), a, c))
         return out
 
     def score(self, labels: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ def dual_decomposition_marginals(
     step: str | float = "paper",
     stop_if_rises: bool = True,
     implementation: str | None = None,
+    validate_args: bool = True,
 ) -> torch.Tensor:
     """Summed (smoothed) max-marginals after ``num_iters`` chain passes (Eq. 23's logits).
 
@@ -35,6 +36,11 @@ def dual_decomposition_marginals(
         gamma: smoothing (``0`` = max, sub-differentiable only).
         step: ``"paper"`` (``1 / max_t |V^t|``, monotone) or a positive number.
         stop_if_rises: keep the previous marginals of a batch element whose dual rose (paper).
+        implementation: force a chain kernel by name.
+        validate_args: run the checks that read tensors on the host (NaN/inf in the potentials,
+            chain lengths, the weights' sign for a fast path): device syncs on every call.
+            ``False`` keeps the shape and dtype checks only; a truncated-linear tensor weight of
+            unknown sign then takes the exact table path.
 
     Returns:
         ``[B, L, H, W]`` logits ``Σ_t ν_i^t``; differentiable w.r.t. ``unary`` and ``pairwise``.
@@ -42,9 +48,9 @@ def dual_decomposition_marginals(
     gamma = check_gamma(gamma)
     if int(num_iters) < 1:
         raise CRFValueError(f"expected num_iters >= 1, got {num_iters}")
-    crf = GridCRF(unary, pairwise, offsets)
+    crf = GridCRF(unary, pairwise, offsets, validate_args=validate_args)
     B, L, H, W = crf.shape
-    dd = DualDecomposition(grid_chain_problem(crf), implementation=implementation)
+    dd = DualDecomposition(grid_chain_problem(crf), implementation=implementation, validate_args=validate_args)
     if step == "paper":
         alpha = dd.paper_step
     elif isinstance(step, (int, float)) and step > 0:
@@ -54,16 +60,7 @@ def dual_decomposition_marginals(
     lam = unary.new_zeros(dd.S, L)
     mu, dual = dd.evaluate(lam, gamma)
     for _ in range(int(num_iters) - 1):
-        lam_new = dd.project(lam - alpha * dd.direction(mu))
-        mu_new, dual_new = dd.evaluate(lam_new, gamma)
-        if stop_if_rises:
-            keep = (dual_new <= dual + 1e-6 * dual.abs().clamp(min=1.0))
-            take = keep[dd.slot_batch][:, None]
-            lam = torch.where(take, lam_new, lam)
-            mu = torch.where(take, mu_new, mu)
-            dual = torch.where(keep, dual_new, dual)
-        else:
-            lam, mu, dual = lam_new, mu_new, dual_new
+        lam, mu, dual, _ = dd.step(lam, mu, dual, alpha, gamma, check=stop_if_rises, slack=1e-6)
     beliefs = dd.node_beliefs(mu)
     return beliefs.view(B, H, W, L).permute(0, 3, 1, 2)
 
@@ -80,6 +77,9 @@ class DualDecompositionCRF(nn.Module):
         offsets: the grid's edge directions ``(dy, dx)``.
         step: ``"paper"`` or a positive number.
         stop_if_rises: keep the previous marginals where the dual rose.
+        validate_args: ``True`` (default) checks the inputs' values on every forward (device
+            syncs); ``False`` keeps the shape and dtype checks only (see
+            :func:`dual_decomposition_marginals`).
 
     Shape:
         ``forward(unary [B, L, H, W], pairwise) -> [B, L, H, W]``; ``pairwise`` one entry per
@@ -93,10 +93,14 @@ class DualDecompositionCRF(nn.Module):
         offsets: Sequence[tuple[int, int]] = DEFAULT_OFFSETS,
         step: str | float = "paper",
         stop_if_rises: bool = True,
+        validate_args: bool = True,
     ):
         super().__init__()
         if int(num_iters) < 1:
             raise CRFValueError(f"expected num_iters >= 1, got {num_iters}")
+        if not (step == "paper" or (isinstance(step, (int, float)) and not isinstance(step, bool) and 0 < step < 1e2)):
+            raise CRFValueError(f"expected step 'paper' or a number in (0, 100), got {step!r}")
+        self.validate_args = bool(validate_args)
         self.num_iters = int(num_iters)
         self.gamma = check_gamma(gamma)
         self.offsets = check_offsets(offsets)
@@ -109,5 +113,5 @@ class DualDecompositionCRF(nn.Module):
     def forward(self, unary: torch.Tensor, pairwise) -> torch.Tensor:
         return dual_decomposition_marginals(
             unary, pairwise, num_iters=self.num_iters, gamma=self.gamma, offsets=self.offsets,
-            step=self.step, stop_if_rises=self.stop_if_rises,
+            step=self.step, stop_if_rises=self.stop_if_rises, validate_args=self.validate_args,
         )

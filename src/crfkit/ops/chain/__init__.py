@@ -1,6 +1,6 @@
 """Layer 3, chain kernels: (smoothed) max-marginals of a batch of chains.
 
-One operation, three implementations with one signature::
+One operation, one signature for every implementation::
 
     marginals [C, n, L], value [C] = chain_marginals(unary [C, n, L], pairwise, lengths [C], gamma)
 
@@ -8,43 +8,110 @@ One operation, three implementations with one signature::
 - ``torch``: vectorised over chains and labels, hand-written backward (CPU and any device);
 - ``triton``: GPU kernels (CUDA tensors, Triton installed).
 
-``CRFKIT_CHAIN_IMPL=reference|torch|triton`` forces one implementation; by default
-CUDA tensors use Triton when it is importable, everything else the PyTorch path.
+Backends are entries of :data:`BACKENDS` (name -> :class:`Backend`): a function with the
+signature above (plus ``allow_sync``), whether it can run now, and on which tensors it is the
+default. Adding one is one module plus one :func:`register_backend` call below (a compiled
+CPU backend registers as ``"numba"``, preferred on CPU tensors when importable: see the
+marked place). ``CRFKIT_CHAIN_IMPL=<name>`` forces one; by default the first registered
+backend that is available and prefers the tensors wins, else ``"torch"``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.compiler import is_compiling as _is_compiling
 
+from ..._validation import CRFValueError
 from ...decomposition.chains import ChainPairwise
 from .checks import check_chain_inputs
 from .reference import chain_marginals_reference, smooth_max
 
-__all__ = ["chain_marginals", "chain_marginals_reference", "smooth_max", "IMPLEMENTATIONS"]
+__all__ = [
+    "chain_marginals",
+    "chain_marginals_reference",
+    "smooth_max",
+    "IMPLEMENTATIONS",
+    "BACKENDS",
+    "Backend",
+    "register_backend",
+    "choose_implementation",
+]
 
-IMPLEMENTATIONS = ("reference", "torch", "triton")
+
+@dataclass(frozen=True)
+class Backend:
+    """A chain implementation.
+
+    ``load()`` returns ``fn(unary, pairwise, lengths, gamma, *, allow_sync) -> (marginals, value)``
+    (imported lazily); ``available()`` says whether it can run here; ``prefers(unary)`` whether it
+    is the default for these tensors (checked in registration order)."""
+
+    name: str
+    load: Callable[[], Callable]
+    available: Callable[[], bool] = lambda: True
+    prefers: Callable[[torch.Tensor], bool] = lambda unary: False
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a chain implementation under ``backend.name``."""
+    BACKENDS[backend.name] = backend
+
+
+def _reference(unary, pairwise, lengths, gamma, *, allow_sync=True):
+    return chain_marginals_reference(unary, pairwise, lengths, gamma)
+
+
+def _load_torch():
+    from .torch import chain_marginals_torch
+
+    return chain_marginals_torch
+
+
+def _load_triton():
+    from .triton import chain_marginals_triton
+
+    return chain_marginals_triton
 
 
 def _triton_available() -> bool:
     try:
-        from . import triton as _t  # noqa: F401
+        from . import triton as _t
 
         return _t.AVAILABLE
     except Exception:  # pragma: no cover - depends on the machine
         return False
 
 
+register_backend(Backend("reference", lambda: _reference))
+register_backend(Backend("torch", _load_torch))
+register_backend(
+    Backend("triton", _load_triton, _triton_available, lambda unary: unary.is_cuda and _triton_available())
+)
+# The compiled CPU backend goes here, one entry (its module: ops/chain/numba.py):
+#   register_backend(Backend("numba", _load_numba, _numba_available, lambda unary: unary.device.type == "cpu"))
+
+#: names of the registered implementations (kept for callers that list them)
+IMPLEMENTATIONS = tuple(BACKENDS)
+
+
 def choose_implementation(unary: torch.Tensor, implementation: str | None = None) -> str:
+    """The backend to run: ``implementation``, else ``CRFKIT_CHAIN_IMPL``, else the first
+    available backend that prefers ``unary``'s tensors, else ``"torch"``."""
     impl = implementation or os.environ.get("CRFKIT_CHAIN_IMPL") or None
     if impl is not None:
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"expected a chain implementation in {IMPLEMENTATIONS}, got {impl!r}")
+        if impl not in BACKENDS:
+            raise CRFValueError(f"expected a chain implementation in {tuple(BACKENDS)}, got {impl!r}")
         return impl
-    if unary.is_cuda and _triton_available():
-        return "triton"
+    for name, backend in BACKENDS.items():
+        if backend.prefers(unary) and backend.available():
+            return name
     return "torch"
 
 
@@ -55,29 +122,26 @@ def chain_marginals(
     gamma: float,
     *,
     implementation: str | None = None,
+    validate_args: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Smoothed) max-marginals of a batch of right-padded chains.
 
     Args:
         unary: ``[C, n, L]`` node scores along each chain (padding ignored).
-        pairwise: :class:`~crfkit.decomposition.ChainPairwise` over the same chains.
+        pairwise: a :class:`~crfkit.decomposition.ChainPairwise` form over the same chains.
         lengths: ``[C]`` long, number of valid positions of each chain (``1 <= lengths <= n``).
         gamma: ``0`` for max, ``> 0`` for the smoothed max ``gamma * logsumexp(· / gamma)``.
-        implementation: force ``"reference"``, ``"torch"`` or ``"triton"``.
+        implementation: force a backend by name (``"reference"``, ``"torch"``, ``"triton"``, ...).
+        validate_args: also run the checks that read tensors on the host (``lengths`` range; the
+            weights' sign for a fast path when the form does not know it). ``False``: no device
+            sync; a form of unknown sign takes the exact table path.
 
     Returns:
         ``marginals [C, n, L]`` (zero on padding) and ``value [C]``, the (smoothed) max of
         each chain's score; differentiable with respect to ``unary`` and the pairwise tensors.
     """
     # the host read of `lengths` is skipped while torch.compile traces (no graph break there)
-    gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=not _is_compiling())
-    impl = choose_implementation(unary, implementation)
-    if impl == "reference":
-        return chain_marginals_reference(unary, pairwise, lengths, gamma)
-    if impl == "triton":
-        from .triton import chain_marginals_triton
-
-        return chain_marginals_triton(unary, pairwise, lengths, gamma)
-    from .torch import chain_marginals_torch
-
-    return chain_marginals_torch(unary, pairwise, lengths, gamma)
+    allow_sync = bool(validate_args) and not _is_compiling()
+    gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync)
+    fn = BACKENDS[choose_implementation(unary, implementation)].load()
+    return fn(unary, pairwise, lengths, gamma, allow_sync=allow_sync)

@@ -9,15 +9,14 @@ from __future__ import annotations
 import torch
 
 from ...decomposition.chains import ChainPairwise
+from .semiring import smax
 
 __all__ = ["chain_marginals_reference", "smooth_max"]
 
 
 def smooth_max(x: torch.Tensor, gamma: float, dim: int) -> torch.Tensor:
-    """``max`` over ``dim`` if ``gamma == 0``, else ``gamma * logsumexp(x / gamma)``."""
-    if gamma == 0.0:
-        return x.max(dim=dim).values
-    return gamma * torch.logsumexp(x / gamma, dim=dim)
+    """``max`` over ``dim`` if ``gamma == 0``, else ``gamma * logsumexp(x / gamma)`` (:func:`semiring.smax`)."""
+    return smax(x, gamma, dim)
 
 
 def chain_marginals_reference(
@@ -42,12 +41,12 @@ def chain_marginals_reference(
         m = int(lengths[c])
         fwd = [unary.new_zeros(L)]
         for k in range(m - 1):
-            fwd.append(smooth_max((unary[c, k] + fwd[k])[:, None] + phi[c, k], gamma, dim=0))
+            fwd.append(smax((unary[c, k] + fwd[k])[:, None] + phi[c, k], gamma, dim=0))
         bwd = [unary.new_zeros(L) for _ in range(m)]
         for k in range(m - 2, -1, -1):
-            bwd[k] = smooth_max(phi[c, k] + (unary[c, k + 1] + bwd[k + 1])[None, :], gamma, dim=1)
+            bwd[k] = smax(phi[c, k] + (unary[c, k + 1] + bwd[k + 1])[None, :], gamma, dim=1)
         marg = [unary[c, k] + fwd[k] + bwd[k] for k in range(m)]
         marg += [unary.new_zeros(L)] * (n - m)
         rows.append(torch.stack(marg))
-        values.append(smooth_max(marg[0], gamma, dim=0))
+        values.append(smax(marg[0], gamma, dim=0))
     return torch.stack(rows), torch.stack(values)

@@ -72,6 +72,9 @@ import torch
 
 from ..._validation import CRFValueError
 from ...decomposition.chains import ChainPairwise
+from ...models.chain_pairwise import DISTANCE_TRANSFORM, POTTS_CLOSED_FORM
+from .checks import check_chain_inputs
+from .semiring import smax, smax_weights
 
 __all__ = ["AVAILABLE", "INTERPRET", "chain_marginals_triton", "chain_forward", "chain_backward"]
 
@@ -101,24 +104,7 @@ if _HAS_TRITON:
         return tl.where(take2, v2, v1), tl.where(take2, i2, i1)
 
     @triton.jit
-    def _phi_tile(
-        PHI,
-        WGT,
-        c64,
-        cm3,
-        k,
-        a3,
-        b3,
-        m3,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        trunc,
-        KIND: tl.constexpr,
-    ):
+    def _phi_tile(PHI, WGT, c64, cm3, k, a3, b3, m3, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND: tl.constexpr):
         """``phi_k(a, b)`` on a tile: ``c64 [BC,1,1]``, ``a3 [1,BI,1]``, ``b3 [1,1,BJ]``; fp32."""
         if KIND == 0:
             p = tl.load(PHI + c64 * s_pc + k * s_pk + a3 * s_pa + b3 * s_pb, mask=m3, other=0.0)
@@ -190,48 +176,96 @@ if _HAS_TRITON:
         out = diag * adj + off * (s_all[:, None] - s)
         return tl.where(lm, out, 0.0), diag
 
+    @triton.jit
+    def _program_chains(LEN, C, BLOCK_C: tl.constexpr):
+        """The chains of this program: ``(mask [BC], lengths [BC] int32, indices [BC] int64)``."""
+        offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
+        return cmask, length, offs_c.to(tl.int64)
+
+    @triton.jit
+    def _online_reduce(run_m, run_s, run_i, v, idx, inv_gamma, AXIS: tl.constexpr, IS_MAX: tl.constexpr):
+        """One tile of an online reduction of ``v`` over ``AXIS``: the running max and arg-max
+        (``IS_MAX``; the smallest index among ties) or the running max and scaled sum of
+        ``exp((v - max) / gamma)`` (log-sum-exp), shared by every tiled message."""
+        BIG: tl.constexpr = 2147483647
+        cmx = tl.max(v, axis=AXIS)
+        if IS_MAX:
+            ci = tl.min(tl.where(v == tl.expand_dims(cmx, AXIS), idx, BIG), axis=AXIS)
+            upd = cmx > run_m
+            run_i = tl.where(upd, ci, run_i)
+            run_m = tl.where(upd, cmx, run_m)
+        else:
+            new_m = tl.maximum(run_m, cmx)
+            tile_s = tl.sum(tl.exp((v - tl.expand_dims(new_m, AXIS)) * inv_gamma), axis=AXIS)
+            run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tile_s
+            run_m = new_m
+        return run_m, run_s, run_i
+
+    @triton.jit
+    def _message(U, M_IN, M_OUT, R_OUT, PHI, WGT, base2, c3, cm3, cmask, k, length, n, L, s_pc, s_pk, s_pa, s_pb,
+                 s_wc, s_wk, gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr,
+                 REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr):
+        """The message over edge ``k`` of every chain of the program, in tiles of label pairs.
+
+        Forward (``REVERSE`` false): ``M_OUT[k+1](c) = smax_a U[k](a) + M_IN[k](a) + phi_k(a, c)``;
+        reverse: ``M_OUT[k](a) = smax_c phi_k(a, c) + U[k+1](c) + M_IN[k+1](c)``. ``BLOCK_O`` labels
+        of the output per tile, ``BLOCK_R`` labels reduced per tile; ``R_OUT`` gets the arg-max
+        (``IS_MAX``). Zero on edges past a chain's end."""
+        ev = (k < length - 1)[:, None]
+        lab_o = tl.arange(0, BLOCK_O)
+        lab_r = tl.arange(0, BLOCK_R)
+        pos_in = k + 1 if REVERSE else k
+        for o0 in range(0, L, BLOCK_O):
+            lo = o0 + lab_o
+            lom = lo < L
+            run_m = tl.full([BLOCK_C, BLOCK_O], float("-inf"), tl.float32)
+            run_s = tl.zeros([BLOCK_C, BLOCK_O], tl.float32)
+            run_i = tl.zeros([BLOCK_C, BLOCK_O], tl.int32)
+            for r0 in range(0, L, BLOCK_R):
+                lr = r0 + lab_r
+                lrm = lr < L
+                m2 = cmask[:, None] & lrm[None, :]
+                ptr = base2 + pos_in * L + lr[None, :]
+                x = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32) + tl.load(M_IN + ptr, mask=m2, other=0.0)
+                if REVERSE:  # tile [BC, out a, reduced c]
+                    m3 = cm3 & lom[None, :, None] & lrm[None, None, :]
+                    p = _phi_tile(PHI, WGT, c3, cm3, k, lo[None, :, None], lr[None, None, :], m3,
+                                  s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
+                    v = tl.where(lrm[None, None, :], p + x[:, None, :], float("-inf"))
+                    run_m, run_s, run_i = _online_reduce(run_m, run_s, run_i, v, lr[None, None, :], inv_gamma, 2,
+                                                         IS_MAX)
+                else:  # tile [BC, reduced a, out c]
+                    m3 = cm3 & lrm[None, :, None] & lom[None, None, :]
+                    p = _phi_tile(PHI, WGT, c3, cm3, k, lr[None, :, None], lo[None, None, :], m3,
+                                  s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
+                    v = tl.where(lrm[None, :, None], x[:, :, None] + p, float("-inf"))
+                    run_m, run_s, run_i = _online_reduce(run_m, run_s, run_i, v, lr[None, :, None], inv_gamma, 1,
+                                                         IS_MAX)
+            res = run_m
+            if not IS_MAX:
+                res = run_m + gamma * tl.log(run_s)
+            m2 = cmask[:, None] & lom[None, :]
+            ptr = base2 + (k if REVERSE else k + 1) * L + lo[None, :]
+            tl.store(M_OUT + ptr, tl.where(ev, res, 0.0), mask=m2)
+            if IS_MAX:
+                tl.store(R_OUT + ptr, tl.where(ev, run_i, 0), mask=m2)
+
     # ---------------------------------------------------------------------------------------
     # forward, tiles of label pairs (tables, weight x table, truncated linear on the fly)
     # ---------------------------------------------------------------------------------------
     @triton.jit
     def _fwd_tile_kernel(
-        U,
-        PHI,
-        WGT,
-        LEN,
-        F,
-        G,
-        RF,
-        RG,
-        C,
-        n,
-        L,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        gamma,
-        inv_gamma,
-        trunc,
-        KIND: tl.constexpr,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_I: tl.constexpr,
-        BLOCK_J: tl.constexpr,
+        U, PHI, WGT, LEN, F, G, RF, RG, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, gamma, inv_gamma, trunc,
+        KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J:
+        tl.constexpr
     ):
-        BIG: tl.constexpr = 2147483647
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base = c64 * n * L  # [BC] offset of position 0 in [C, n, L]
         base2 = base[:, None]
         c3 = c64[:, None, None]
         cm3 = cmask[:, None, None]
-        lab_i = tl.arange(0, BLOCK_I)
         lab_j = tl.arange(0, BLOCK_J)
         zero_j = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
         for j0 in range(0, L, BLOCK_J):
@@ -241,120 +275,12 @@ if _HAS_TRITON:
             tl.store(G + base2 + (n - 1) * L + lj[None, :], zero_j, mask=m2)
         tl.debug_barrier()
         for i in range(0, n - 1):
-            # -- left-to-right message over edge k = i: F[k+1](c), c tiles out, a tiles reduced
-            k = i
-            ev = (k < length - 1)[:, None]
-            for j0 in range(0, L, BLOCK_J):
-                cj = j0 + lab_j
-                cjm = cj < L
-                run_m = tl.full([BLOCK_C, BLOCK_J], float("-inf"), tl.float32)
-                run_s = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
-                run_i = tl.zeros([BLOCK_C, BLOCK_J], tl.int32)
-                for i0 in range(0, L, BLOCK_I):
-                    ai = i0 + lab_i
-                    aim = ai < L
-                    m2 = cmask[:, None] & aim[None, :]
-                    ptr = base2 + k * L + ai[None, :]
-                    x = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32)
-                    x += tl.load(F + ptr, mask=m2, other=0.0)
-                    m3 = cm3 & aim[None, :, None] & cjm[None, None, :]
-                    p = _phi_tile(
-                        PHI,
-                        WGT,
-                        c3,
-                        cm3,
-                        k,
-                        ai[None, :, None],
-                        cj[None, None, :],
-                        m3,
-                        s_pc,
-                        s_pk,
-                        s_pa,
-                        s_pb,
-                        s_wc,
-                        s_wk,
-                        trunc,
-                        KIND,
-                    )
-                    v = tl.where(aim[None, :, None], x[:, :, None] + p, float("-inf"))
-                    cmx = tl.max(v, axis=1)
-                    if IS_MAX:
-                        ci = tl.min(tl.where(v == cmx[:, None, :], ai[None, :, None], BIG), axis=1)
-                        upd = cmx > run_m
-                        run_i = tl.where(upd, ci, run_i)
-                        run_m = tl.where(upd, cmx, run_m)
-                    else:
-                        new_m = tl.maximum(run_m, cmx)
-                        run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tl.sum(
-                            tl.exp((v - new_m[:, None, :]) * inv_gamma), axis=1
-                        )
-                        run_m = new_m
-                if IS_MAX:
-                    res = run_m
-                else:
-                    res = run_m + gamma * tl.log(run_s)
-                m2 = cmask[:, None] & cjm[None, :]
-                ptr = base2 + (k + 1) * L + cj[None, :]
-                tl.store(F + ptr, tl.where(ev, res, 0.0), mask=m2)
-                if IS_MAX:
-                    tl.store(RF + ptr, tl.where(ev, run_i, 0), mask=m2)
-            # -- right-to-left message over edge k2 = n-2-i: G[k2](a), a tiles out, c tiles reduced
-            k2 = n - 2 - i
-            ev2 = (k2 < length - 1)[:, None]
-            for i0 in range(0, L, BLOCK_I):
-                ai = i0 + lab_i
-                aim = ai < L
-                run_m = tl.full([BLOCK_C, BLOCK_I], float("-inf"), tl.float32)
-                run_s = tl.zeros([BLOCK_C, BLOCK_I], tl.float32)
-                run_i = tl.zeros([BLOCK_C, BLOCK_I], tl.int32)
-                for j0 in range(0, L, BLOCK_J):
-                    cj = j0 + lab_j
-                    cjm = cj < L
-                    m2 = cmask[:, None] & cjm[None, :]
-                    ptr = base2 + (k2 + 1) * L + cj[None, :]
-                    y = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32)
-                    y += tl.load(G + ptr, mask=m2, other=0.0)
-                    m3 = cm3 & aim[None, :, None] & cjm[None, None, :]
-                    p = _phi_tile(
-                        PHI,
-                        WGT,
-                        c3,
-                        cm3,
-                        k2,
-                        ai[None, :, None],
-                        cj[None, None, :],
-                        m3,
-                        s_pc,
-                        s_pk,
-                        s_pa,
-                        s_pb,
-                        s_wc,
-                        s_wk,
-                        trunc,
-                        KIND,
-                    )
-                    v = tl.where(cjm[None, None, :], p + y[:, None, :], float("-inf"))
-                    cmx = tl.max(v, axis=2)
-                    if IS_MAX:
-                        ci = tl.min(tl.where(v == cmx[:, :, None], cj[None, None, :], BIG), axis=2)
-                        upd = cmx > run_m
-                        run_i = tl.where(upd, ci, run_i)
-                        run_m = tl.where(upd, cmx, run_m)
-                    else:
-                        new_m = tl.maximum(run_m, cmx)
-                        run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tl.sum(
-                            tl.exp((v - new_m[:, :, None]) * inv_gamma), axis=2
-                        )
-                        run_m = new_m
-                if IS_MAX:
-                    res = run_m
-                else:
-                    res = run_m + gamma * tl.log(run_s)
-                m2 = cmask[:, None] & aim[None, :]
-                ptr = base2 + k2 * L + ai[None, :]
-                tl.store(G + ptr, tl.where(ev2, res, 0.0), mask=m2)
-                if IS_MAX:
-                    tl.store(RG + ptr, tl.where(ev2, run_i, 0), mask=m2)
+            # left-to-right message over edge i: F[i+1](c), c tiles out, a tiles reduced
+            _message(U, F, F, RF, PHI, WGT, base2, c3, cm3, cmask, i, length, n, L, s_pc, s_pk, s_pa, s_pb,
+                     s_wc, s_wk, gamma, inv_gamma, trunc, KIND, IS_MAX, False, BLOCK_C, BLOCK_J, BLOCK_I)
+            # right-to-left message over edge n-2-i: G[n-2-i](a), a tiles out, c tiles reduced
+            _message(U, G, G, RG, PHI, WGT, base2, c3, cm3, cmask, n - 2 - i, length, n, L, s_pc, s_pk, s_pa,
+                     s_pb, s_wc, s_wk, gamma, inv_gamma, trunc, KIND, IS_MAX, True, BLOCK_C, BLOCK_I, BLOCK_J)
             tl.debug_barrier()
 
     # ---------------------------------------------------------------------------------------
@@ -362,32 +288,11 @@ if _HAS_TRITON:
     # ---------------------------------------------------------------------------------------
     @triton.jit
     def _fwd_linear_kernel(
-        U,
-        WGT,
-        LEN,
-        F,
-        G,
-        RF,
-        RG,
-        C,
-        n,
-        L,
-        s_wc,
-        s_wk,
-        gamma,
-        inv_gamma,
-        trunc,
-        wscale,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_L: tl.constexpr,
+        U, WGT, LEN, F, G, RF, RG, C, n, L, s_wc, s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr
     ):
         BIG: tl.constexpr = 2147483647
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
         lm = (lab < L)[None, :]
@@ -436,20 +341,8 @@ if _HAS_TRITON:
     # ---------------------------------------------------------------------------------------
     @triton.jit
     def _marginals_kernel(
-        U,
-        F,
-        G,
-        LEN,
-        MARG,
-        VAL,
-        C,
-        n,
-        L,
-        gamma,
-        inv_gamma,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_L: tl.constexpr,
+        U, F, G, LEN, MARG, VAL, C, n, L, gamma, inv_gamma, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_L: tl.constexpr
     ):
         pid = tl.program_id(0)
         offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -489,43 +382,15 @@ if _HAS_TRITON:
     # ---------------------------------------------------------------------------------------
     @triton.jit
     def _bwd_tile_kernel(
-        U,
-        PHI,
-        WGT,
-        LEN,
-        F,
-        G,
-        RF,
-        RG,
-        DM,
-        DU,
-        GS,
-        DPHI,
-        DTAB,
-        DW,
-        C,
-        n,
-        L,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        gamma,
-        inv_gamma,
-        trunc,
-        KIND: tl.constexpr,
-        IS_MAX: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_I: tl.constexpr,
-        BLOCK_J: tl.constexpr,
+        U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
+        gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
+        tl.constexpr, BLOCK_J: tl.constexpr
     ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+        """Backward of the tiled forward: the two adjoint passes of the module docs, then ``d unary``.
+
+        Longer than 80 lines: a Triton kernel keeps its loops in one program (the passes share
+        the chain masks and pointers, and a helper per pass would take two dozen arguments)."""
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         c3 = c64[:, None, None]
         cm3 = cmask[:, None, None]
@@ -573,24 +438,8 @@ if _HAS_TRITON:
                         wf = tl.where(rf[:, None, :] == ai[None, :, None], 1.0, 0.0)
                     else:
                         f1 = tl.load(F + pc, mask=m2c, other=0.0)
-                        p = _phi_tile(
-                            PHI,
-                            WGT,
-                            c3,
-                            cm3,
-                            k,
-                            ai[None, :, None],
-                            cj[None, None, :],
-                            m3,
-                            s_pc,
-                            s_pk,
-                            s_pa,
-                            s_pb,
-                            s_wc,
-                            s_wk,
-                            trunc,
-                            KIND,
-                        )
+                        p = _phi_tile(PHI, WGT, c3, cm3, k, ai[None, :, None], cj[None, None, :], m3,
+                                      s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
                         arg = (x[:, :, None] + p - f1[:, None, :]) * inv_gamma
                         wf = tl.exp(tl.minimum(arg, 0.0))
                     wf = tl.where(m3, wf, 0.0)
@@ -634,24 +483,8 @@ if _HAS_TRITON:
                         x = tl.load(U + pa, mask=m2a, other=0.0).to(tl.float32)
                         x += tl.load(F + pa, mask=m2a, other=0.0)
                         gk = tl.load(G + pa, mask=m2a, other=0.0)
-                        p = _phi_tile(
-                            PHI,
-                            WGT,
-                            c3,
-                            cm3,
-                            k,
-                            a3,
-                            b3,
-                            m3,
-                            s_pc,
-                            s_pk,
-                            s_pa,
-                            s_pb,
-                            s_wc,
-                            s_wk,
-                            trunc,
-                            KIND,
-                        )
+                        p = _phi_tile(PHI, WGT, c3, cm3, k, a3, b3, m3,
+                                      s_pc, s_pk, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
                         wf = tl.exp(
                             tl.minimum((x[:, :, None] + p - f1[:, None, :]) * inv_gamma, 0.0)
                         )
@@ -698,29 +531,10 @@ if _HAS_TRITON:
     # ---------------------------------------------------------------------------------------
     @triton.jit
     def _bwd_potts_kernel(
-        U,
-        WGT,
-        LEN,
-        F,
-        G,
-        DM,
-        DU,
-        DW,
-        C,
-        n,
-        L,
-        s_wc,
-        s_wk,
-        inv_gamma,
-        wscale,
-        BLOCK_C: tl.constexpr,
-        BLOCK_L: tl.constexpr,
+        U, WGT, LEN, F, G, DM, DU, DW, C, n, L, s_wc, s_wk, inv_gamma, wscale, BLOCK_C: tl.constexpr, BLOCK_L:
+        tl.constexpr
     ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        c64 = offs_c.to(tl.int64)
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
         base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
         lm = (lab < L)[None, :]
@@ -785,18 +599,19 @@ def _num_warps(elems: int) -> int:
     return 2 if elems >= 256 else 1
 
 
-def plan(
-    kind: str, gamma: float, truncation: float | None, L: int, weight_nonneg: bool | None
-) -> str:
-    """Which kernel family runs: ``"tile"``, ``"dt"`` (distance transform) or ``"potts"``."""
-    if kind != "truncated_linear":
-        return "tile"
-    T = float(truncation)
-    if gamma == 0.0 and (T >= L - 1 or weight_nonneg):
-        return "dt"
-    if gamma > 0.0 and 0.0 < T <= 1.0 and weight_nonneg:
-        return "potts"
-    return "tile"
+def plan(pw: ChainPairwise, gamma: float, L: int, allow_sync: bool = True) -> str:
+    """Which kernel family runs: ``"tile"``, ``"dt"`` (distance transform) or ``"potts"``.
+
+    The form names its fast path (:meth:`ChainPairwise.fast_path`); here, in addition, a
+    truncation ``>= L - 1`` makes the distance transform exact for weights of any sign."""
+    path = _PATHS.get(pw.fast_path(gamma, allow_sync))
+    if path is None and gamma == 0.0 and pw.kind == "truncated_linear" and pw.truncation >= L - 1:
+        path = "dt"
+    return path or "tile"
+
+
+#: a form's fast-path name -> this backend's kernel family
+_PATHS = {DISTANCE_TRANSFORM: "dt", POTTS_CLOSED_FORM: "potts"}
 
 
 def _blocks(path: str, C: int, L: int, config: dict | None) -> dict:
@@ -821,24 +636,27 @@ def _blocks(path: str, C: int, L: int, config: dict | None) -> dict:
     return {"BLOCK_C": BC, "BLOCK_I": BI, "BLOCK_J": BJ, "num_warps": warps}
 
 
-def _weight_nonneg(weight: torch.Tensor) -> bool:
-    """Host check of the weights' sign (skipped, answering False, during CUDA-graph capture)."""
-    if weight.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    return weight.numel() == 0 or bool((weight >= 0).all())
+def _phi_args(pw: ChainPairwise, dummy: torch.Tensor) -> tuple:
+    """The form's tensors and strides as the tile kernels read them:
+    ``(PHI, WGT, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk)``; a per-chain table ``[C, L, L]`` gets
+    ``s_pk = 0``, absent tensors a valid dummy pointer and zero strides."""
+    tables, weight = pw.tensors()
+    if tables is None:
+        s_p = (0, 0, 0, 0)
+    elif tables.dim() == 4:
+        s_p = tuple(tables.stride())
+    else:
+        s_pc, s_pa, s_pb = tables.stride()
+        s_p = (s_pc, 0, s_pa, s_pb)
+    s_w = tuple(weight.stride()) if weight is not None else (0, 0)
+    phi = tables if tables is not None else dummy
+    wgt = weight if weight is not None else dummy
+    return (phi, wgt, *s_p, *s_w)
 
 
-def chain_forward(
-    unary: torch.Tensor,
-    kind: str,
-    tables: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    truncation: float | None,
-    lengths: torch.Tensor,
-    gamma: float,
-    config: dict | None = None,
-):
-    """Launch the forward kernels. Inputs as in :class:`ChainPairwise` (already validated).
+def chain_forward(unary: torch.Tensor, pw: ChainPairwise, lengths: torch.Tensor, gamma: float, config=None,
+                  allow_sync: bool = True):
+    """Launch the forward kernels (inputs already validated).
 
     Returns ``marginals [C, n, L]`` (float32), ``value [C]`` (float32), the saved messages
     ``f, g [C, n, L]`` (float32), the arg-max indices ``rf, rg [C, n, L]`` (int32; empty when
@@ -850,8 +668,7 @@ def chain_forward(
     lens = lengths.to(device=dev, dtype=torch.int32).contiguous()
     is_max = gamma == 0.0
     inv_gamma = 0.0 if is_max else 1.0 / gamma
-    nonneg = _weight_nonneg(weight) if kind == "truncated_linear" else None
-    path = plan(kind, gamma, truncation, L, nonneg)
+    path = plan(pw, gamma, L, allow_sync)
     f = torch.empty((C, n, L), device=dev, dtype=torch.float32)
     g = torch.empty((C, n, L), device=dev, dtype=torch.float32)
     if is_max:
@@ -867,231 +684,97 @@ def chain_forward(
     rf_arg, rg_arg = (rf, rg) if is_max else (f, g)
     blk = _blocks(path, C, L, config)
     grid = (triton.cdiv(C, blk["BLOCK_C"]),)
-    trunc = float(truncation) if truncation is not None else 0.0
-    dummy = u
+    trunc = pw.truncation if pw.truncation is not None else 0.0
+    scalars = (float(gamma), inv_gamma, trunc)
     if path == "tile":
-        code = _KIND_CODE[kind]
-        phi = tables if tables is not None else dummy
-        if kind == "dense":
-            s_pc, s_pk, s_pa, s_pb = tables.stride()
-        elif kind == "weighted":
-            s_pc, s_pa, s_pb = tables.stride()
-            s_pk = 0
-        else:
-            s_pc = s_pk = s_pa = s_pb = 0
-        wgt = weight if weight is not None else dummy
-        s_wc, s_wk = weight.stride() if weight is not None else (0, 0)
+        phi, wgt, *strides = _phi_args(pw, u)
         _fwd_tile_kernel[grid](
-            u,
-            phi,
-            wgt,
-            lens,
-            f,
-            g,
-            rf_arg,
-            rg_arg,
-            C,
-            n,
-            L,
-            s_pc,
-            s_pk,
-            s_pa,
-            s_pb,
-            s_wc,
-            s_wk,
-            float(gamma),
-            inv_gamma,
-            trunc,
-            KIND=code,
-            IS_MAX=is_max,
-            BLOCK_C=blk["BLOCK_C"],
-            BLOCK_I=blk["BLOCK_I"],
-            BLOCK_J=blk["BLOCK_J"],
-            num_warps=blk["num_warps"],
+            u, phi, wgt, lens, f, g, rf_arg, rg_arg, C, n, L, *strides, *scalars,
+            KIND=_KIND_CODE[pw.kind], IS_MAX=is_max, BLOCK_C=blk["BLOCK_C"], BLOCK_I=blk["BLOCK_I"],
+            BLOCK_J=blk["BLOCK_J"], num_warps=blk["num_warps"],
         )
     else:
-        s_wc, s_wk = weight.stride()
+        w = pw.weight
         wscale = min(trunc, 1.0) if path == "potts" else 1.0
         _fwd_linear_kernel[grid](
-            u,
-            weight,
-            lens,
-            f,
-            g,
-            rf_arg,
-            rg_arg,
-            C,
-            n,
-            L,
-            s_wc,
-            s_wk,
-            float(gamma),
-            inv_gamma,
-            trunc,
-            wscale,
-            IS_MAX=is_max,
-            BLOCK_C=blk["BLOCK_C"],
-            BLOCK_L=blk["BLOCK_I"],
-            num_warps=blk["num_warps"],
+            u, w, lens, f, g, rf_arg, rg_arg, C, n, L, *w.stride(), *scalars, wscale,
+            IS_MAX=is_max, BLOCK_C=blk["BLOCK_C"], BLOCK_L=blk["BLOCK_I"], num_warps=blk["num_warps"],
         )
     mblk = _blocks("linear", C, L, None)
     _marginals_kernel[(triton.cdiv(C, mblk["BLOCK_C"]),)](
-        u,
-        f,
-        g,
-        lens,
-        marg,
-        value,
-        C,
-        n,
-        L,
-        float(gamma),
-        inv_gamma,
-        IS_MAX=is_max,
-        BLOCK_C=mblk["BLOCK_C"],
-        BLOCK_L=mblk["BLOCK_I"],
-        num_warps=mblk["num_warps"],
+        u, f, g, lens, marg, value, C, n, L, float(gamma), inv_gamma,
+        IS_MAX=is_max, BLOCK_C=mblk["BLOCK_C"], BLOCK_L=mblk["BLOCK_I"], num_warps=mblk["num_warps"],
     )
     return marg, value, f, g, rf, rg, path
 
 
-def chain_backward(
-    unary: torch.Tensor,
-    kind: str,
-    tables: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    truncation: float | None,
-    lengths: torch.Tensor,
-    gamma: float,
-    f: torch.Tensor,
-    g: torch.Tensor,
-    rf: torch.Tensor,
-    rg: torch.Tensor,
-    d_marg: torch.Tensor | None,
-    d_value: torch.Tensor | None,
-    config: dict | None = None,
-    path: str | None = None,
-):
+def _upstream(u, g, lens, gamma, d_marg, d_value):
+    """``dM'``: the marginals' upstream gradient (masked) with the value's folded into position 0."""
+    C, n, L = u.shape
+    valid = torch.arange(n, device=u.device)[None, :] < lens[:, None]  # [C, n]
+    if d_marg is None:
+        dm = torch.zeros((C, n, L), device=u.device, dtype=torch.float32)
+    else:
+        dm = torch.where(valid[:, :, None], d_marg.float(), 0.0)
+    if d_value is not None:
+        m0 = u[:, 0].float() + g[:, 0]
+        dm[:, 0] += d_value.float()[:, None] * smax_weights(m0, smax(m0, gamma, dim=1), gamma, dim=1)
+    return dm.contiguous()
+
+
+def _grad_buffers(pw: ChainPairwise, C: int, n: int, L: int, dev):
+    """``(d_tables, d_weight)``: dense tables' gradient in their dtype ``[C, n-1, L, L]``, a
+    per-chain table's ``[C, L, L]`` float32, a weight's ``[C, n-1]`` float32; ``None`` if absent."""
+    tables, weight = pw.tensors()
+    d_tables = None
+    if tables is not None:
+        dense = tables.dim() == 4
+        d_tables = torch.zeros(tables.shape if dense else (C, L, L), device=dev,
+                               dtype=tables.dtype if dense else torch.float32)
+    d_weight = None if weight is None else torch.zeros((C, max(n - 1, 0)), device=dev, dtype=torch.float32)
+    return d_tables, d_weight
+
+
+def chain_backward(unary, pw: ChainPairwise, lengths, gamma, f, g, rf, rg, d_marg, d_value, config=None, path=None):
     """Launch the backward kernels from the saved messages ``f, g`` (and arg-max indices
     ``rf, rg`` when ``gamma == 0``). Returns ``(d_unary [C, n, L]`` float32, ``d_tables``
-    (``[C, n-1, L, L]`` in the tables' dtype for dense, ``[C, L, L]`` float32 for weighted, else
-    ``None``), ``d_weight [C, n-1]`` float32 or ``None)``."""
+    (``[C, n-1, L, L]`` in the tables' dtype for dense, ``[C, L, L]`` float32 for a per-chain
+    table, else ``None``), ``d_weight [C, n-1]`` float32 or ``None)``."""
     C, n, L = unary.shape
     # gamma == 0 always takes the tile backward from the indices (no table read for the
     # distance-transform path); gamma > 0 takes the Potts closed form where the forward did.
-    if path is None:
-        nonneg = _weight_nonneg(weight) if kind == "truncated_linear" else None
-        path = plan(kind, gamma, truncation, L, nonneg)
-    path = "potts" if path == "potts" else "tile"
+    path = "potts" if (path or plan(pw, gamma, L)) == "potts" else "tile"
     dev = unary.device
     u = unary.contiguous()
     lens = lengths.to(device=dev, dtype=torch.int32).contiguous()
     is_max = gamma == 0.0
     inv_gamma = 0.0 if is_max else 1.0 / gamma
-    valid = torch.arange(n, device=dev)[None, :] < lens[:, None]  # [C, n]
-    if d_marg is None:
-        dm = torch.zeros((C, n, L), device=dev, dtype=torch.float32)
-    else:
-        dm = torch.where(valid[:, :, None], d_marg.float(), 0.0)
-    if d_value is not None:
-        m0 = u[:, 0].float() + g[:, 0]
-        if is_max:
-            p0 = torch.zeros_like(m0).scatter_(1, m0.argmax(dim=1, keepdim=True), 1.0)
-        else:
-            p0 = torch.softmax(m0 * inv_gamma, dim=1)
-        dm[:, 0] += d_value.float()[:, None] * p0
-    dm = dm.contiguous()
+    dm = _upstream(u, g, lens, gamma, d_marg, d_value)
     du = torch.empty((C, n, L), device=dev, dtype=torch.float32)
-    d_tables = d_weight = None
-    trunc = float(truncation) if truncation is not None else 0.0
+    d_tables, d_weight = _grad_buffers(pw, C, n, L, dev)
     if C == 0:
-        if kind == "dense":
-            d_tables = torch.zeros(tables.shape, device=dev, dtype=tables.dtype)
-        elif kind == "weighted":
-            d_tables = torch.zeros(tables.shape, device=dev, dtype=torch.float32)
-        if weight is not None:
-            d_weight = torch.zeros(weight.shape, device=dev, dtype=torch.float32)
         return du, d_tables, d_weight
     blk = _blocks(path if path == "tile" else "linear", C, L, config)
     grid = (triton.cdiv(C, blk["BLOCK_C"]),)
-    if weight is not None:
-        d_weight = torch.zeros((C, max(n - 1, 0)), device=dev, dtype=torch.float32)
+    trunc = pw.truncation if pw.truncation is not None else 0.0
+    dw_arg = d_weight if d_weight is not None and d_weight.numel() else du
     if path == "potts":
+        w = pw.weight
         _bwd_potts_kernel[grid](
-            u,
-            weight,
-            lens,
-            f,
-            g,
-            dm,
-            du,
-            d_weight if d_weight.numel() else du,
-            C,
-            n,
-            L,
-            weight.stride(0),
-            weight.stride(1),
-            inv_gamma,
-            min(trunc, 1.0),
-            BLOCK_C=blk["BLOCK_C"],
-            BLOCK_L=blk["BLOCK_I"],
-            num_warps=blk["num_warps"],
+            u, w, lens, f, g, dm, du, dw_arg, C, n, L, *w.stride(), inv_gamma, min(trunc, 1.0),
+            BLOCK_C=blk["BLOCK_C"], BLOCK_L=blk["BLOCK_I"], num_warps=blk["num_warps"],
         )
         return du, None, d_weight
-    code = _KIND_CODE[kind]
-    gs = torch.empty((C, n, L), device=dev, dtype=torch.float32)
-    dummy = du
-    if kind == "dense":
-        d_tables = (
-            torch.zeros(tables.shape, device=dev, dtype=tables.dtype)
-            if n < 2
-            else torch.empty((C, n - 1, L, L), device=dev, dtype=tables.dtype)
-        )
-        s_pc, s_pk, s_pa, s_pb = tables.stride()
-        phi = tables
-    elif kind == "weighted":
-        d_tables = torch.zeros((C, L, L), device=dev, dtype=torch.float32)
-        s_pc, s_pa, s_pb = tables.stride()
-        s_pk = 0
-        phi = tables
-    else:
-        s_pc = s_pk = s_pa = s_pb = 0
-        phi = dummy
-    wgt = weight if weight is not None else dummy
-    s_wc, s_wk = weight.stride() if weight is not None else (0, 0)
+    dense = pw.tables is not None and pw.tables.dim() == 4
+    phi, wgt, *strides = _phi_args(pw, du)
     _bwd_tile_kernel[grid](
-        u,
-        phi,
-        wgt,
-        lens,
-        f,
-        g,
-        rf if is_max else dummy,
-        rg if is_max else dummy,
-        dm,
-        du,
-        gs,
-        d_tables if kind == "dense" and d_tables.numel() else dummy,
-        d_tables if kind == "weighted" else dummy,
-        d_weight if d_weight is not None and d_weight.numel() else dummy,
-        C,
-        n,
-        L,
-        s_pc,
-        s_pk,
-        s_pa,
-        s_pb,
-        s_wc,
-        s_wk,
-        float(gamma),
-        inv_gamma,
-        trunc,
-        KIND=code,
-        IS_MAX=is_max,
-        BLOCK_C=blk["BLOCK_C"],
-        BLOCK_I=blk["BLOCK_I"],
-        BLOCK_J=blk["BLOCK_J"],
-        num_warps=blk["num_warps"],
+        u, phi, wgt, lens, f, g, rf if is_max else du, rg if is_max else du, dm, du,
+        torch.empty((C, n, L), device=dev, dtype=torch.float32),
+        d_tables if dense and d_tables.numel() else du,
+        d_tables if pw.tables is not None and not dense else du,
+        dw_arg, C, n, L, *strides, float(gamma), inv_gamma, trunc,
+        KIND=_KIND_CODE[pw.kind], IS_MAX=is_max, BLOCK_C=blk["BLOCK_C"], BLOCK_I=blk["BLOCK_I"],
+        BLOCK_J=blk["BLOCK_J"], num_warps=blk["num_warps"],
     )
     return du, d_tables, d_weight
 
@@ -1101,43 +784,24 @@ def chain_backward(
 # -------------------------------------------------------------------------------------------
 class _ChainTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, unary, tables, weight, lengths, gamma, kind, truncation, config):
-        marg, value, f, g, rf, rg, path = chain_forward(
-            unary, kind, tables, weight, truncation, lengths, gamma, config
-        )
+    def forward(ctx, unary, tables, weight, lengths, gamma, pw, config, allow_sync):
+        pw = pw.replace(tables, weight)
+        marg, value, f, g, rf, rg, path = chain_forward(unary, pw, lengths, gamma, config, allow_sync)
         ctx.save_for_backward(unary, tables, weight, lengths, f, g, rf, rg)
-        ctx.gamma, ctx.kind, ctx.truncation, ctx.config = gamma, kind, truncation, config
-        ctx.path = path
-        out_dtype = unary.dtype
-        return marg.to(out_dtype), value.to(out_dtype)
+        ctx.gamma, ctx.pw, ctx.config, ctx.path = gamma, pw, config, path
+        return marg.to(unary.dtype), value.to(unary.dtype)
 
     @staticmethod
     def backward(ctx, d_marg, d_value):
         unary, tables, weight, lengths, f, g, rf, rg = ctx.saved_tensors
+        pw = ctx.pw.replace(tables, weight)
         du, dt, dw = chain_backward(
-            unary,
-            ctx.kind,
-            tables,
-            weight,
-            ctx.truncation,
-            lengths,
-            ctx.gamma,
-            f,
-            g,
-            rf,
-            rg,
-            d_marg,
-            d_value,
-            ctx.config,
-            ctx.path,
+            unary, pw, lengths, ctx.gamma, f, g, rf, rg, d_marg, d_value, ctx.config, ctx.path
         )
         d_unary = du.to(unary.dtype) if ctx.needs_input_grad[0] else None
         d_tables = dt.to(tables.dtype) if (dt is not None and ctx.needs_input_grad[1]) else None
         d_weight = dw.to(weight.dtype) if (dw is not None and ctx.needs_input_grad[2]) else None
         return d_unary, d_tables, d_weight, None, None, None, None, None
-
-
-from .checks import check_chain_inputs  # noqa: E402
 
 
 def validate_chain_inputs(unary, pairwise, lengths, gamma) -> float:
@@ -1153,18 +817,20 @@ def chain_marginals_triton(
     gamma: float,
     *,
     config: dict | None = None,
+    allow_sync: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Smoothed) max-marginals of a batch of right-padded chains, with Triton kernels.
 
     Args:
         unary: ``[C, n, L]`` node scores (float32, float16 or bfloat16; accumulation is float32).
-        pairwise: :class:`~crfkit.decomposition.ChainPairwise` over the same chains: ``"dense"``
-            ``tables [C, n-1, L, L]``, ``"weighted"`` ``weight [C, n-1]`` x ``tables [C, L, L]``
-            (any strides, e.g. an expanded view), or ``"truncated_linear"`` ``weight [C, n-1]``.
+        pairwise: a :class:`~crfkit.decomposition.ChainPairwise` form over the same chains:
+            dense ``tables [C, n-1, L, L]``, weighted ``weight [C, n-1]`` x ``tables [C, L, L]``
+            (any strides, e.g. an expanded view), or truncated linear ``weight [C, n-1]``.
         lengths: ``[C]`` integer, valid positions per chain (``1 <= lengths <= n``).
         gamma: ``0`` for max, ``> 0`` for ``gamma * logsumexp(· / gamma)``.
         config: optional block sizes for benchmarks (``BLOCK_C``, ``BLOCK_I``, ``BLOCK_J``,
             ``BLOCK_L``, ``num_warps``).
+        allow_sync: may read the weights' sign on the host to pick a fast path.
 
     Returns:
         ``marginals [C, n, L]`` (zero on padding) and ``value [C]``, in ``unary``'s dtype;
@@ -1185,13 +851,5 @@ def chain_marginals_triton(
     gamma = validate_chain_inputs(unary, pairwise, lengths, gamma)
     if not unary.is_cuda and not INTERPRET:
         raise CRFValueError(f"expected CUDA tensors for the Triton kernels, got {unary.device}")
-    return _ChainTriton.apply(
-        unary,
-        pairwise.tables,
-        pairwise.weight,
-        lengths,
-        gamma,
-        pairwise.kind,
-        None if pairwise.truncation is None else float(pairwise.truncation),
-        config,
-    )
+    tables, weight = pairwise.tensors()
+    return _ChainTriton.apply(unary, tables, weight, lengths, gamma, pairwise, config, allow_sync)
