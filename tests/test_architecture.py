@@ -184,13 +184,16 @@ def test_no_module_level_import_cycle():
 def test_no_import_cycle_through_function_level_imports():
     """Module- and function-level imports together (except packages' own ``__init__`` re-exports, which
     a submodule never needs): a cycle here means two modules depend on each other."""
-    edges = {m: {t for t in top | inner if not (_is_package(t) and m.startswith(t + "."))} for m, (top, inner) in GRAPH.items()}
+    edges = {
+        m: {t for t in top | inner if not (_is_package(t) and m.startswith(t + "."))}
+        for m, (top, inner) in GRAPH.items()
+    }
     edges.pop("crfkit", None)  # the root re-exports everything; nothing below imports it
     cycles = [c for c in _cycles(edges) if frozenset(c) not in CYCLE_PENDING]
     assert cycles == [], f"import cycles (module- or function-level): {cycles}"
 
 
-@pytest.mark.xfail(strict=False, reason=f"pending in files of the core half of issue 13: {sorted(map(sorted, CYCLE_PENDING))}")
+@pytest.mark.xfail(strict=False, reason=f"pending in the core half of issue 13: {sorted(map(sorted, CYCLE_PENDING))}")
 def test_no_import_cycle_through_function_level_imports_pending():
     edges = {m: top | inner for m, (top, inner) in GRAPH.items() if m != "crfkit"}
     assert [c for c in _cycles(edges) if frozenset(c) in CYCLE_PENDING] == []
@@ -308,7 +311,7 @@ def test_no_function_over_80_lines_without_a_reason():
     assert bad == [], "functions over 80 lines without 'long because' in the docstring:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason=f"pending in files of the core half of issue 13: {sorted(LONG_FUNCTION_PENDING)}")
+@pytest.mark.xfail(strict=False, reason=f"pending in the core half of issue 13: {sorted(LONG_FUNCTION_PENDING)}")
 def test_no_function_over_80_lines_without_a_reason_pending():
     bad = [x for rel in sorted(LONG_FUNCTION_PENDING) if (SRC / rel).exists() for x in _long_functions(rel)]
     assert bad == [], "\n".join(bad)

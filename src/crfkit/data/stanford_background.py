@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from .._validation import CRFValueError
+from ..learning.models import Instance
+from .synthetic import grid_edges
 
 __all__ = [
     "CLASSES",
@@ -251,9 +253,6 @@ def segmentation_instance(
     L2 distance between the endpoints' unary features in ``bins`` bins over ``[0, max_distance]``
     plus a bias (``F_p = bins + 1``).  Unknown pixels (-1) take the classifier's label so that
     the example is fully observed."""
-    from ..learning.models import Instance
-    from .synthetic import grid_edges
-
     H, W = sample.labels.shape
     lp = classifier.log_probs(sample.image).clamp(min=-20.0)  # [HW, C]
     fu = torch.cat([lp, torch.ones(H * W, 1, dtype=lp.dtype)], 1)
