@@ -39,7 +39,9 @@ from .._validation import (
     check_tensor,
     fmt_shape,
 )
-from ..inference.convex_bp import CompiledGraph, ConvexBP, counting_numbers
+from ..inference.bp_engine import ConvexBP
+from ..inference.bp_graph import CompiledGraph
+from ..inference.counting import counting_numbers
 from ..models.graph import GraphMRF
 from .blocks import make_blocks
 from .models import FeatureCRF, FeatureParams, Instance, TableParams
