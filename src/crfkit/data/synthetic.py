@@ -5,7 +5,7 @@ Gaussian features and weights, labellings drawn by a vectorised Gibbs sampler.
   nodes in generation order).
 * :func:`random_instance` — features ``N(0, 1)`` (``F_u = 20``, ``F_p = 10``), true weights
   ``N(0, scale² / F)`` so that potentials have standard deviation about ``scale``; samples by
-  Gibbs sampling; returns the :class:`crfkit.learning.Instance` and the true
+  Gibbs sampling; returns the :class:`crfkit.LearningInstance` and the true
   :class:`crfkit.learning.FeatureCRF`.
 * :func:`gibbs_sample` — chains run in parallel; nodes of one colour class (checkerboard on
   grids, a greedy colouring in general) are resampled at once: gathers and one ``index_add`` per
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._validation import CRFTypeError, CRFValueError
-from ..learning.models import FeatureCRF, Instance
+from ..learning.models import FeatureCRF, LearningInstance
 from ..models.graph import GraphMRF
 
 __all__ = [
@@ -196,7 +196,7 @@ def random_instance(
     ``pairwise_scale``; ``num_samples`` labellings by :func:`gibbs_sample`.
 
     Returns:
-        ``(instance, true_model)``: a :class:`crfkit.learning.Instance` (labels ``[M, N]``) and
+        ``(instance, true_model)``: a :class:`crfkit.LearningInstance` (labels ``[M, N]``) and
         the :class:`crfkit.learning.FeatureCRF` that generated it.
     """
     gen = torch.Generator().manual_seed(int(seed) + 1)
@@ -211,7 +211,7 @@ def random_instance(
             m.unary_weights * unary_scale,
             m.pairwise_weights * pairwise_scale,
         )
-    inst = Instance(
+    inst = LearningInstance(
         edges.long(), fu, fp, torch.zeros(1, num_nodes, dtype=torch.long), grid_shape=grid_shape
     )
     mrf = model.to_graph_mrf(inst)
