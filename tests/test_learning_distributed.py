@@ -4,12 +4,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from crfkit.data.synthetic import synthetic_instances
 from crfkit.learning import FeatureCRF, fit
-from crfkit.learning.distributed import small_instances
+
+SCRIPT = str(Path(__file__).resolve().parents[1] / "benchmarks" / "learn_distributed.py")
 
 
 @pytest.mark.parametrize("method", ["full", pytest.param("bbpl", marks=pytest.mark.slow)])
@@ -26,8 +29,7 @@ def test_two_process_gloo_matches_single_process(tmp_path, method):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "crfkit.learning.distributed",
+        SCRIPT,
         "--graph",
         "grid",
         "--size",
@@ -53,12 +55,13 @@ def test_two_process_gloo_matches_single_process(tmp_path, method):
         "--out",
         str(out),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["world_size"] == 2
-    insts, _ = small_instances(
+    insts, _ = synthetic_instances(
         4, "grid", 3, num_labels=3, unary_dim=3, pairwise_dim=2, num_samples=5, seed=1
     )
     if method == "full":

@@ -66,7 +66,7 @@ def run_convergence(
     import torch
 
     from ..learning import FeatureCRF
-    from ..learning.experiments import compare_learners, reference_optimum, synthetic_problem
+    from .learn_experiments import compare_learners, reference_optimum, synthetic_problem
 
     torch.set_num_threads(threads)
     from tqdm.auto import tqdm
@@ -147,7 +147,7 @@ def run_blocksize(
     import torch
 
     from ..learning import FeatureCRF
-    from ..learning.experiments import block_size_sensitivity, reference_optimum, synthetic_problem
+    from .learn_experiments import block_size_sensitivity, reference_optimum, synthetic_problem
 
     torch.set_num_threads(threads)
     inst, _ = synthetic_problem(graph, size, seed=seed)
@@ -194,7 +194,7 @@ def run_scale(
 ):
     import torch
 
-    from ..learning.experiments import bbpl_step_time
+    from .learn_experiments import bbpl_step_time
 
     torch.set_num_threads(threads)
     rows = bbpl_step_time(sizes, graph=graph, block_nodes=block_nodes, steps=steps, seed=seed)

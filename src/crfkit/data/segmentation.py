@@ -42,6 +42,8 @@ import torch
 from torch.nn import functional as F
 
 from .._validation import CRFValueError
+from .seeding import sample_seed
+from .shapes import ContextShapes
 
 __all__ = [
     "DatasetNotFoundError",
@@ -187,11 +189,6 @@ def read_regions_label(path: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the data set
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch`` (a fixed mix, independent of workers)."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(index) * 104_729 + 12345) % (2**63 - 1)
-
-
 class SegmentationDataset(torch.utils.data.Dataset):
     """A list of ``(image path, label reader)`` items with a transform.
 
@@ -592,8 +589,6 @@ def build_dataset(
 ) -> torch.utils.data.Dataset:
     """A data set by name: ``voc`` | ``voc_train_aug`` | ``sbd`` | ``stanford_background`` | ``shapes``."""
     if name == "shapes":
-        from .shapes import ContextShapes
-
         return ContextShapes(split=split, transform=transform, seed=seed, **kwargs)
     if root is None:
         raise CRFValueError(f"expected a data root for data set {name!r}, got none (set data.root)")

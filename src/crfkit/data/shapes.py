@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._validation import CRFValueError
-from .segmentation import sample_seed
+from .seeding import sample_seed
 
 __all__ = ["ContextShapes", "generate_shapes_sample", "SHAPES_CLASSES", "ShapesTransform"]
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from .._validation import CRFValueError
+from ..learning.models import LearningInstance
+from .synthetic import grid_edges
 
 __all__ = [
     "CLASSES",
@@ -246,14 +248,11 @@ def segmentation_instance(
     bins: int = 10,
     max_distance: float = 4.0,
 ):
-    """A :class:`crfkit.learning.Instance` for one image: 4-connected grid, unary features = the
+    """A :class:`crfkit.LearningInstance` for one image: 4-connected grid, unary features = the
     classifier's log-probabilities and a bias (``F_u = C + 1``), pairwise features = one-hot of the
     L2 distance between the endpoints' unary features in ``bins`` bins over ``[0, max_distance]``
     plus a bias (``F_p = bins + 1``).  Unknown pixels (-1) take the classifier's label so that
     the example is fully observed."""
-    from ..learning.models import Instance
-    from .synthetic import grid_edges
-
     H, W = sample.labels.shape
     lp = classifier.log_probs(sample.image).clamp(min=-20.0)  # [HW, C]
     fu = torch.cat([lp, torch.ones(H * W, 1, dtype=lp.dtype)], 1)
@@ -270,4 +269,4 @@ def segmentation_instance(
     lab = sample.labels.flatten().clone()
     unknown = lab < 0
     lab[unknown] = lp.argmax(-1)[unknown]
-    return Instance(edges, fu, fp, lab[None], grid_shape=(H, W), name=sample.name)
+    return LearningInstance(edges, fu, fp, lab[None], grid_shape=(H, W), name=sample.name)

@@ -5,7 +5,7 @@ Gaussian features and weights, labellings drawn by a vectorised Gibbs sampler.
   nodes in generation order).
 * :func:`random_instance` — features ``N(0, 1)`` (``F_u = 20``, ``F_p = 10``), true weights
   ``N(0, scale² / F)`` so that potentials have standard deviation about ``scale``; samples by
-  Gibbs sampling; returns the :class:`crfkit.learning.Instance` and the true
+  Gibbs sampling; returns the :class:`crfkit.LearningInstance` and the true
   :class:`crfkit.learning.FeatureCRF`.
 * :func:`gibbs_sample` — chains run in parallel; nodes of one colour class (checkerboard on
   grids, a greedy colouring in general) are resampled at once: gathers and one ``index_add`` per
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._validation import CRFTypeError, CRFValueError
+from ..learning.models import FeatureCRF, LearningInstance
 from ..models.graph import GraphMRF
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "gibbs_sample",
     "random_instance",
     "random_feature_crf",
+    "synthetic_problem",
+    "synthetic_instances",
 ]
 
 
@@ -160,8 +163,6 @@ def random_feature_crf(
     num_labels=8, unary_dim=20, pairwise_dim=10, scale=1.0, seed=0, dtype=torch.float64
 ):
     """A :class:`crfkit.learning.FeatureCRF` with weights ``N(0, scale² / F)``."""
-    from ..learning.models import FeatureCRF
-
     gen = torch.Generator().manual_seed(int(seed))
     wu = torch.randn(unary_dim, num_labels, generator=gen, dtype=dtype) * (
         scale / max(1, unary_dim) ** 0.5
@@ -195,11 +196,9 @@ def random_instance(
     ``pairwise_scale``; ``num_samples`` labellings by :func:`gibbs_sample`.
 
     Returns:
-        ``(instance, true_model)``: a :class:`crfkit.learning.Instance` (labels ``[M, N]``) and
+        ``(instance, true_model)``: a :class:`crfkit.LearningInstance` (labels ``[M, N]``) and
         the :class:`crfkit.learning.FeatureCRF` that generated it.
     """
-    from ..learning.models import FeatureCRF, Instance
-
     gen = torch.Generator().manual_seed(int(seed) + 1)
     fu = torch.randn(num_nodes, unary_dim, generator=gen, dtype=torch.float64)
     fp = torch.randn(edges.shape[0], pairwise_dim, generator=gen, dtype=torch.float64)
@@ -212,9 +211,81 @@ def random_instance(
             m.unary_weights * unary_scale,
             m.pairwise_weights * pairwise_scale,
         )
-    inst = Instance(
+    inst = LearningInstance(
         edges.long(), fu, fp, torch.zeros(1, num_nodes, dtype=torch.long), grid_shape=grid_shape
     )
     mrf = model.to_graph_mrf(inst)
     inst.labels = gibbs_sample(mrf, num_samples, burn_in=burn_in, thin=thin, seed=seed + 2)
     return inst, model
+
+
+def synthetic_problem(
+    graph: str,
+    size: int,
+    *,
+    seed: int = 0,
+    num_samples: int = 20,
+    num_labels: int = 8,
+    unary_dim: int = 20,
+    pairwise_dim: int = 10,
+    burn_in: int = 100,
+    thin: int = 5,
+):
+    """``(instance, true_model)`` of the BBPL paper's synthetic setting: a grid (``"grid"``, side
+    ``size``) or Barabási–Albert (``"ba"``, ``size`` nodes) network, 8 states, features ``N(0, 1)``
+    of dimension 20 / 10, random true weights, 20 Gibbs samples."""
+    if graph == "grid":
+        edges, n, shape = grid_edges(size, size), size * size, (size, size)
+    elif graph == "ba":
+        edges, n, shape = ba_edges(size, 2, seed=seed), size, None
+    else:
+        raise ValueError(f"expected graph 'grid' or 'ba', got {graph!r}")
+    return random_instance(
+        edges,
+        n,
+        num_labels=num_labels,
+        unary_dim=unary_dim,
+        pairwise_dim=pairwise_dim,
+        num_samples=num_samples,
+        grid_shape=shape,
+        seed=seed,
+        burn_in=burn_in,
+        thin=thin,
+    )
+
+
+def synthetic_instances(
+    count: int,
+    graph: str,
+    size: int,
+    *,
+    num_labels: int,
+    unary_dim: int,
+    pairwise_dim: int,
+    num_samples: int,
+    seed: int,
+):
+    """``(instances, true_model)``: ``count`` synthetic instances from one true model (distinct features
+    and samples; ``graph`` is ``"grid"`` (side ``size``) or ``"ba"`` (``size`` nodes))."""
+    true = random_feature_crf(num_labels, unary_dim, pairwise_dim, 1.0, seed=seed)
+    out = []
+    for k in range(count):
+        if graph == "grid":
+            edges, n, shape = grid_edges(size, size), size * size, (size, size)
+        else:
+            edges, n, shape = ba_edges(size, 2, seed=seed + k), size, None
+        inst, _ = random_instance(
+            edges,
+            n,
+            num_labels=num_labels,
+            unary_dim=unary_dim,
+            pairwise_dim=pairwise_dim,
+            num_samples=num_samples,
+            model=true,
+            grid_shape=shape,
+            seed=seed + 17 * k,
+            burn_in=50,
+            thin=2,
+        )
+        out.append(inst)
+    return out, true

@@ -39,10 +39,12 @@ from .._validation import (
     check_tensor,
     fmt_shape,
 )
-from ..inference.convex_bp import CompiledGraph, ConvexBP, counting_numbers
+from ..inference.bp_engine import ConvexBP
+from ..inference.bp_graph import CompiledGraph
+from ..inference.counting import counting_numbers
 from ..models.graph import GraphMRF
 from .blocks import make_blocks
-from .models import FeatureCRF, FeatureParams, Instance, TableParams
+from .models import FeatureCRF, FeatureParams, LearningInstance, TableParams
 
 __all__ = ["fit", "FitResult", "VariationalObjective"]
 
@@ -175,19 +177,19 @@ def _prepare(mrf_or_model, data, counting, blocks, temperature, damping):
         kind, L = "table", mrf.num_labels
     elif isinstance(mrf_or_model, FeatureCRF):
         model = mrf_or_model
-        if isinstance(data, Instance):
+        if isinstance(data, LearningInstance):
             data = [data]
         if not isinstance(data, (list, tuple)):
             raise CRFTypeError(
-                f"expected a list of crfkit.learning.Instance with a FeatureCRF, got {type(data).__name__}"
+                f"expected a list of crfkit.LearningInstance with a FeatureCRF, got {type(data).__name__}"
             )
         if len(data) == 0:
             raise CRFValueError("expected a non-empty data set, got no instances")
         items = []
         for k, inst in enumerate(data):
-            if not isinstance(inst, Instance):
+            if not isinstance(inst, LearningInstance):
                 raise CRFTypeError(
-                    f"expected data[{k}] to be a crfkit.learning.Instance, got {type(inst).__name__}"
+                    f"expected data[{k}] to be a crfkit.LearningInstance, got {type(inst).__name__}"
                 )
             inst.validate(model.num_labels, model.unary_dim, model.pairwise_dim)
             items.append(
@@ -337,7 +339,7 @@ def fit(
             are the starting point) or a :class:`crfkit.learning.FeatureCRF` (templated /
             conditional: features × weights; its weights are the starting point).
         samples: with a GraphMRF, observed labellings ``[M, N]`` long; with a FeatureCRF, a list
-            of :class:`crfkit.learning.Instance` (each its own graph, features and labellings).
+            of :class:`crfkit.LearningInstance` (each its own graph, features and labellings).
         method: ``"full"`` | ``"inner_dual"`` | ``"bbpl"``.
         counting: ``"trbp"`` | ``"bethe"`` | ``(c_node [N], c_edge [E])`` (one graph only).
         l2: ``κ``, the L2 weight.

@@ -10,7 +10,7 @@ and ``Fᵀ b`` for belief rows), so that every learner works with either:
   ``θ_i(a) = f_i · W_u[:, a]``, ``θ_ij(a, c) = f_ij · W_p[:, a, c]``.
   ``Fᵀ b`` is ``(f_uᵀ b_u, f_pᵀ b_p)``: the feature matrix is never formed densely.
 
-A data set is a list of :class:`Instance` (a graph, its features, and its observed
+A data set is a list of :class:`LearningInstance` (a graph, its features, and its observed
 labellings); :class:`FeatureCRF` is the model (the weights) shared by all instances.
 """
 
@@ -30,7 +30,7 @@ from .._validation import (
     fmt_shape,
 )
 
-__all__ = ["FeatureCRF", "Instance", "TableParams", "FeatureParams"]
+__all__ = ["FeatureCRF", "LearningInstance", "Instance", "TableParams", "FeatureParams"]
 
 
 class FeatureCRF:
@@ -104,13 +104,13 @@ class FeatureCRF:
             L, Fu, Fp, w[: Fu * L].reshape(Fu, L).clone(), w[Fu * L :].reshape(Fp, L, L).clone()
         )
 
-    def potentials(self, instance: Instance) -> tuple[torch.Tensor, torch.Tensor]:
+    def potentials(self, instance: LearningInstance) -> tuple[torch.Tensor, torch.Tensor]:
         """``(unary [N, L], pairwise [E, L, L])`` of ``instance`` under these weights."""
         p = FeatureParams(instance, self)
         w = self.weights()
         return p.unary(w), p.pairwise(w)
 
-    def to_graph_mrf(self, instance: Instance):
+    def to_graph_mrf(self, instance: LearningInstance):
         from ..models.graph import GraphMRF
 
         u, p = self.potentials(instance)
@@ -121,8 +121,9 @@ class FeatureCRF:
 
 
 @dataclass
-class Instance:
-    """One fully observed example: a graph, its features, and observed labellings.
+class LearningInstance:
+    """One fully observed learning example: a graph, its features, and observed labellings
+    (``crfkit.LearningInstance``; ``crfkit.learning.Instance`` is the same class).
 
     Args:
         edges: ``[E, 2]`` long.
@@ -223,9 +224,9 @@ class TableParams:
 
 
 class FeatureParams:
-    """Features × weights for one :class:`Instance` (see module docstring)."""
+    """Features × weights for one :class:`LearningInstance` (see module docstring)."""
 
-    def __init__(self, instance: Instance, model: FeatureCRF):
+    def __init__(self, instance: LearningInstance, model: FeatureCRF):
         self.fu = instance.unary_features
         self.fp = instance.pairwise_features
         self.N, self.E = self.fu.shape[0], self.fp.shape[0]
@@ -269,3 +270,6 @@ class FeatureParams:
             else torch.tensor(0.0)
         )
         return float(su + sp)
+
+
+Instance = LearningInstance  # the earlier name, kept inside crfkit.learning

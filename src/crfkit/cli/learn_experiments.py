@@ -1,15 +1,14 @@
-"""The BBPL paper's synthetic experiments as functions (used by ``crfkit learn`` and
-``benchmarks/bench_learning.py``).
+"""The BBPL paper's learning experiments as functions, run by ``crfkit learn`` and
+``benchmarks/bench_learning.py`` (experiment code, kept out of the library's ``learning`` package).
 
-* :func:`synthetic_problem` — a grid (``"grid"``, side ``size``) or Barabási–Albert (``"ba"``,
-  ``size`` nodes) network, 8 states, features ``N(0, 1)`` of dimension 20 / 10, random true
-  weights, 20 Gibbs samples.
 * :func:`reference_optimum` — full convex-BP learning run to convergence (L-BFGS on the exact
   variational objective; every evaluation runs convex BP to a tight tolerance).
 * :func:`compare_learners` — full / inner-dual / BBPL from the same start, objective against
   learner time, time to reach the reference objective within ``rtol``.
 * :func:`block_size_sensitivity` — BBPL's time to the reference for several numbers of blocks.
 * :func:`bbpl_step_time` — seconds per BBPL step at a fixed block size on graphs of growing size.
+
+The synthetic problems themselves are :func:`crfkit.data.synthetic.synthetic_problem`.
 """
 
 from __future__ import annotations
@@ -18,8 +17,10 @@ import math
 
 import torch
 
-from .learners import VariationalObjective, fit
-from .models import FeatureCRF
+from ..data.synthetic import synthetic_problem
+from ..learning.blocks import make_blocks
+from ..learning.learners import VariationalObjective, _default_lr, _prepare, fit
+from ..learning.models import FeatureCRF
 
 __all__ = [
     "synthetic_problem",
@@ -29,41 +30,6 @@ __all__ = [
     "bbpl_step_time",
     "time_to_target",
 ]
-
-
-def synthetic_problem(
-    graph: str,
-    size: int,
-    *,
-    seed: int = 0,
-    num_samples: int = 20,
-    num_labels: int = 8,
-    unary_dim: int = 20,
-    pairwise_dim: int = 10,
-    burn_in: int = 100,
-    thin: int = 5,
-):
-    """``(instance, true_model)`` of the paper's synthetic setting (see module docstring)."""
-    from ..data.synthetic import ba_edges, grid_edges, random_instance
-
-    if graph == "grid":
-        edges, n, shape = grid_edges(size, size), size * size, (size, size)
-    elif graph == "ba":
-        edges, n, shape = ba_edges(size, 2, seed=seed), size, None
-    else:
-        raise ValueError(f"expected graph 'grid' or 'ba', got {graph!r}")
-    return random_instance(
-        edges,
-        n,
-        num_labels=num_labels,
-        unary_dim=unary_dim,
-        pairwise_dim=pairwise_dim,
-        num_samples=num_samples,
-        grid_shape=shape,
-        seed=seed,
-        burn_in=burn_in,
-        thin=thin,
-    )
 
 
 def reference_optimum(
@@ -136,8 +102,6 @@ def compare_learners(
     out = {"reference_objective": j_star, "rtol": rtol, "methods": {}}
     runs = [(m, m, lr) for m in methods]
     if bbpl_lr_scales:
-        from .learners import _default_lr, _prepare
-
         ex, _, _ = _prepare(model, [instance], counting, None, 1.0, 0.0)
         lr0 = _default_lr(ex, l2, False) if lr is None else lr
         runs += [(f"bbpl_lr{sc:g}", "bbpl", lr0 * sc) for sc in bbpl_lr_scales]
@@ -194,8 +158,6 @@ def block_size_sensitivity(
     if (
         lr_scale is not None
     ):  # one step size for every block count: lr_scale x the full-learning default
-        from .learners import _default_lr, _prepare
-
         ex, _, _ = _prepare(model, [instance], counting, None, 1.0, 0.0)
         lr = _default_lr(ex, l2, False) * lr_scale
     rows = []
@@ -253,8 +215,6 @@ def bbpl_step_time(
             seed=seed,
         )
         # block size actually used
-        from .blocks import make_blocks
-
         bl = make_blocks(n, nblocks, inst.grid_shape)
         rows.append(
             {
