@@ -56,7 +56,10 @@ from ..._validation import CRFTypeError, CRFValueError
 
 try:  # pragma: no cover - depends on the environment
     import numba
+    from llvmlite import ir as _ir
     from numba import njit, prange
+    from numba import types as _types
+    from numba.extending import intrinsic as _intrinsic
 
     AVAILABLE = True
 except Exception:  # pragma: no cover - numba missing or broken
@@ -68,6 +71,9 @@ except Exception:  # pragma: no cover - numba missing or broken
         if args and callable(args[0]):
             return args[0]
         return lambda f: f
+
+    def _intrinsic(f):
+        return f
 
 
 __all__ = [
@@ -120,6 +126,58 @@ def _unpack(pairwise) -> tuple[int, torch.Tensor | None, torch.Tensor | None, fl
     if kind == "truncated_linear":
         return TRUNCATED, None, pairwise.weight, float(pairwise.truncation)
     raise CRFTypeError(f"expected a ChainPairwise (dense, weighted or truncated_linear), got {pairwise!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# exp that LLVM can vectorise (libm's exp is an opaque call: one element at a time)
+# ---------------------------------------------------------------------------------------------
+
+_ROUND = 6755399441055744.0  # 1.5 * 2**52: adding it rounds a float64 of magnitude < 2**51 to an integer
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693147180369123816490  # ln 2 split in two (Cody-Waite): k * _LN2_HI is exact for |k| < 2**11
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@_intrinsic
+def _two_to(typingctx, t):
+    """``2**k`` for ``t = k + _ROUND`` (a float64 holding the integer ``k`` in its low mantissa bits):
+    a bit shift into the exponent field; valid for ``-1022 <= k <= 1023``."""
+    sig = _types.float64(_types.float64)
+
+    def codegen(context, builder, signature, args):
+        i64 = _ir.IntType(64)
+        bits = builder.bitcast(args[0], i64)
+        e = builder.sub(bits, _ir.Constant(i64, 0x4338000000000000 - 1023))  # k + 1023
+        return builder.bitcast(builder.shl(e, _ir.Constant(i64, 52)), _ir.DoubleType())
+
+    return sig, codegen
+
+
+@njit(inline="always", **_JIT)
+def _exp(z):
+    """``exp(z)`` in float64 for ``-708 <= z <= 0`` (callers clamp at the dtype's floor), relative error
+    below 3e-16: ``z = k ln2 + r`` with ``|r| <= ln2 / 2``, Taylor polynomial of degree 13 in ``r``
+    (remainder ``< r^14 / 14! < 5e-18``), times ``2**k``. Only arithmetic and bit casts, so loops of
+    it vectorise (4 float64 lanes with AVX2); 4-5x faster than ``math.exp`` in the step loops."""
+    z = float(z)
+    t = z * _LOG2E + _ROUND
+    k = t - _ROUND
+    r = (z - k * _LN2_HI) - k * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _two_to(t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,21 +251,24 @@ def _potts_lse(x, out, w, prm, L):
 
 
 @njit(**_JIT)
-def _dense_step(x, out, tab, s, rev, prm, L, acc):
-    """``out(b) = smax_a x(a) + s tab[a, b]`` (``rev``: ``out(a) = smax_b s tab[a, b] + x(b)``)."""
+def _dense_step(x, out, tab, s, rev, prm, L, sc):
+    """``out(b) = smax_a x(a) + s tab[a, b]`` (``rev``: ``out(a) = smax_b s tab[a, b] + x(b)``);
+    ``sc [8, L]`` scratch (rows 3 and 6). Inner loops run over contiguous ``b`` and are elementwise
+    (the reductions over ``b`` are separate loops), so they vectorise."""
     ig, fl = prm[1], prm[3]
+    acc, e = sc[3], sc[6]
     if rev:
         for a in range(L):
             mx = s * tab[a, 0] + x[0]
             for b in range(1, L):
-                t = s * tab[a, b] + x[b]
-                if t > mx:
-                    mx = t
+                mx = max(mx, s * tab[a, b] + x[b])
             if prm[0] != 0.0:
-                acc_a = mx * 0
                 for b in range(L):
-                    acc_a += math.exp(max((s * tab[a, b] + x[b] - mx) * ig, fl))
-                mx = mx + prm[0] * math.log(acc_a)
+                    e[b] = _exp(max((s * tab[a, b] + x[b] - mx) * ig, fl))
+                tot = 0.0
+                for b in range(L):
+                    tot += e[b]
+                mx = mx + prm[0] * math.log(tot)
             out[a] = mx
         return
     for b in range(L):
@@ -215,9 +276,7 @@ def _dense_step(x, out, tab, s, rev, prm, L, acc):
     for a in range(1, L):
         xa = x[a]
         for b in range(L):
-            t = xa + s * tab[a, b]
-            if t > out[b]:
-                out[b] = t
+            out[b] = max(out[b], xa + s * tab[a, b])
     if prm[0] == 0.0:
         return
     for b in range(L):
@@ -225,7 +284,7 @@ def _dense_step(x, out, tab, s, rev, prm, L, acc):
     for a in range(L):
         xa = x[a]
         for b in range(L):
-            acc[b] += math.exp(max((xa + s * tab[a, b] - out[b]) * ig, fl))
+            acc[b] += _exp(max((xa + s * tab[a, b] - out[b]) * ig, fl))
     for b in range(L):
         out[b] = out[b] + prm[0] * math.log(acc[b])
 
@@ -239,63 +298,81 @@ def _step(fast, x, out, tab, s, w, rev, prm, pos, L, sc, isc):
     elif fast == POTTS_LSE:
         _potts_lse(x, out, w, prm, L)
     else:
-        _dense_step(x, out, tab, s, rev, prm, L, sc[3])
+        _dense_step(x, out, tab, s, rev, prm, L, sc)
 
 
 @njit(**_JIT)
-def _dense_vjp(x, mv, dm, dx, tab, s, rev, prm, L, dtab, want_dtab, acc, iacc):
+def _dense_vjp(x, mv, dm, dx, tab, s, rev, prm, L, dtab, want_dtab, sc, iacc):
     """Vector-Jacobian product of :func:`_dense_step` (``mv`` its output): sets ``dx``, adds
-    ``s * dt`` into ``dtab`` when ``want_dtab``; returns ``sum dt * tab`` (the scale's gradient)."""
-    g, ig, fl = prm[0], prm[1], prm[3]
-    ds = x[0] * 0
+    ``s * dt`` into ``dtab`` when ``want_dtab``; returns ``sum dt * tab`` (the scale's gradient).
+    ``sc [8, L]`` scratch (rows 3, 6, 7), ``iacc [L]``."""
+    ig, fl = prm[1], prm[3]
+    acc, e, dsv = sc[3], sc[6], sc[7]
     for a in range(L):
         dx[a] = 0
-    if g == 0.0:
-        if rev:  # out(a) = max_b s tab[a, b] + x(b)
-            for a in range(L):
-                best = s * tab[a, 0] + x[0]
-                j = 0
-                for b in range(1, L):
-                    t = s * tab[a, b] + x[b]
-                    if t > best:
-                        best, j = t, b
-                dx[j] += dm[a]
-                ds += dm[a] * tab[a, j]
-                if want_dtab:
-                    dtab[a, j] += s * dm[a]
-            return ds
-        for b in range(L):  # out(b) = max_a x(a) + s tab[a, b], first maximiser
-            acc[b] = x[0] + s * tab[0, b]
-            iacc[b] = 0
-        for a in range(1, L):
-            xa = x[a]
-            for b in range(L):
-                t = xa + s * tab[a, b]
-                if t > acc[b]:
-                    acc[b] = t
-                    iacc[b] = a
-        for b in range(L):
-            j = iacc[b]
-            dx[j] += dm[b]
-            ds += dm[b] * tab[j, b]
-            if want_dtab:
-                dtab[j, b] += s * dm[b]
-        return ds
+    if prm[0] == 0.0:
+        return _onehot_vjp(x, dm, dx, tab, s, rev, L, dtab, want_dtab, acc, iacc)
+    for b in range(L):
+        dsv[b] = 0
     for a in range(L):
-        xa = x[a]
-        tot = xa * 0
-        for b in range(L):
-            if rev:
-                dt = math.exp(max((s * tab[a, b] + x[b] - mv[a]) * ig, fl)) * dm[a]
-                dx[b] += dt
-            else:
-                dt = math.exp(max((xa + s * tab[a, b] - mv[b]) * ig, fl)) * dm[b]
-                tot += dt
-            ds += dt * tab[a, b]
-            if want_dtab:
-                dtab[a, b] += s * dt
-        if not rev:
+        xa, dma = x[a], dm[a]
+        if rev:  # dt(a, b) = exp((s tab[a, b] + x(b) - mv(a)) / g) dm(a)
+            ma = mv[a]
+            for b in range(L):
+                e[b] = _exp(max((s * tab[a, b] + x[b] - ma) * ig, fl)) * dma
+            for b in range(L):
+                dx[b] += e[b]
+        else:  # dt(a, b) = exp((x(a) + s tab[a, b] - mv(b)) / g) dm(b)
+            for b in range(L):
+                e[b] = _exp(max((xa + s * tab[a, b] - mv[b]) * ig, fl)) * dm[b]
+            tot = 0.0
+            for b in range(L):
+                tot += e[b]
             dx[a] = tot
+        for b in range(L):
+            dsv[b] += e[b] * tab[a, b]
+        if want_dtab:
+            for b in range(L):
+                dtab[a, b] += s * e[b]
+    ds = 0.0
+    for b in range(L):
+        ds += dsv[b]
+    return ds
+
+
+@njit(**_JIT)
+def _onehot_vjp(x, dm, dx, tab, s, rev, L, dtab, want_dtab, acc, iacc):
+    """:func:`_dense_vjp` at ``gamma = 0``: the one-hot weight of the first maximiser (as torch's argmax)."""
+    ds = 0.0
+    if rev:  # out(a) = max_b s tab[a, b] + x(b)
+        for a in range(L):
+            best = s * tab[a, 0] + x[0]
+            j = 0
+            for b in range(1, L):
+                t = s * tab[a, b] + x[b]
+                if t > best:
+                    best, j = t, b
+            dx[j] += dm[a]
+            ds += dm[a] * tab[a, j]
+            if want_dtab:
+                dtab[a, j] += s * dm[a]
+        return ds
+    for b in range(L):  # out(b) = max_a x(a) + s tab[a, b]
+        acc[b] = x[0] + s * tab[0, b]
+        iacc[b] = 0
+    for a in range(1, L):
+        xa = x[a]
+        for b in range(L):
+            t = xa + s * tab[a, b]
+            if t > acc[b]:
+                acc[b] = t
+                iacc[b] = a
+    for b in range(L):
+        j = iacc[b]
+        dx[j] += dm[b]
+        ds += dm[b] * tab[j, b]
+        if want_dtab:
+            dtab[j, b] += s * dm[b]
     return ds
 
 
@@ -315,7 +392,7 @@ def _vjp(fast, x, mv, dm, dx, tab, s, w, rev, prm, pos, L, dtab, want_dtab, sc, 
             dw -= dm[c] * min(abs(pos[j] - pos[c]), prm[2])
         return dw
     if fast == POTTS_LSE:
-        g, ig, fl = prm[0], prm[1], prm[3]
+        ig, fl = prm[1], prm[3]
         ew = math.exp(-w * ig)
         mmin = mv[0]
         for c in range(1, L):
@@ -331,7 +408,7 @@ def _vjp(fast, x, mv, dm, dx, tab, s, w, rev, prm, pos, L, dtab, want_dtab, sc, 
             dx[a] = other + dm[a] * p_same
             dw -= dm[a] * (1.0 - p_same)
         return dw
-    return _dense_vjp(x, mv, dm, dx, tab, s, rev, prm, L, dtab, want_dtab, sc[3], isc[1])
+    return _dense_vjp(x, mv, dm, dx, tab, s, rev, prm, L, dtab, want_dtab, sc, isc[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +597,7 @@ class _Launch:
         floor = -80.0 if dt == torch.float32 else -700.0
         inv = 1.0 / gamma if gamma > 0 else 0.0
         self.prm = np.array([gamma, inv, float(truncation), floor], dtype=self.unary.dtype)
-        self.sc = np.zeros((C, 6, L), dtype=self.unary.dtype)
+        self.sc = np.zeros((C, 8, L), dtype=self.unary.dtype)
         self.isc = np.zeros((C, 2, L), dtype=np.int64)
 
     def empty3(self):
