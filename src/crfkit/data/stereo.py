@@ -423,7 +423,7 @@ class StereoParams:
     census_radius: int = 2
     outside: str = "mean"
     data_weight: float = 1.0
-    smooth_weight: float = 0.2
+    smooth_weight: float = 0.4
     truncation: float = 8.0
     sigma: float = 10.0
     floor: float = 0.2
