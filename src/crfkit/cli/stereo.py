@@ -1,16 +1,19 @@
-"""``crfkit stereo``: the main job — dense stereo on the bundled Middlebury motorcycle pair.
+"""``crfkit stereo [LEFT RIGHT]``: dense stereo on any rectified pair (default: the bundled
+Middlebury motorcycle pair).
 
-Builds a stereo CRF (census matching cost, contrast-sensitive truncated-linear smoothness on the
-default stride-1 and stride-2 grid edges), solves it with :func:`crfkit.solve_map` (dual
-decomposition into chains, with a certificate), and writes to ``--out``:
+Builds a stereo CRF (census matching costs, contrast-sensitive truncated-linear smoothness on the
+default stride-1 and stride-2 grid edges, weights per full-resolution pixel), solves it with
+:func:`crfkit.solve_map` (dual decomposition into chains, with a certificate), and writes to
+``--out``:
 
 - ``disparity.pfm``: the CRF's disparity at full resolution (Middlebury's PFM format);
-- ``disparity.png``: the same, colour-mapped;
-- ``side_by_side.png``: left image | ground truth | winner-take-all | CRF;
-- ``report.json``: bad-pixel rates at 1 and 2 px (winner-take-all and CRF), score, dual bound,
-  gap, iterations, times and every setting.
+- ``disparity.png``: the same, colour-mapped, with a colour bar;
+- ``side_by_side.png``: left image | ground truth (when there is one) | winner-take-all | CRF;
+- ``report.json``: score, dual bound, gap, bad-pixel rates at 1, 2 and 4 px (with ground
+  truth), iterations, times, every setting and a run id.
 
-All files are written atomically.
+Every option is checked before any work.  The files are written into a fresh temporary folder
+next to ``--out`` and moved in whole: ``--out`` holds all the files of one run or none.
 """
 
 from __future__ import annotations
@@ -20,54 +23,72 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["register", "run_stereo"]
+__all__ = ["register", "run_stereo", "OUTPUT_NAMES"]
+
+OUTPUT_NAMES = ("disparity.pfm", "disparity.png", "report.json", "side_by_side.png")
+BUNDLED_MAX_DISPARITY = 64  # the motorcycle's ground truth reaches 60 px
 
 HELP = (
-    "Dense stereo on the Middlebury motorcycle pair bundled with scikit-image (the main job)."
+    "Dense stereo on a rectified pair: LEFT RIGHT image files (PNG, JPEG, PPM, PGM; colour or "
+    "grey), or with no images the Middlebury motorcycle pair bundled with scikit-image."
     "\n\n"
-    "The pair (741x500) is downscaled by --scale (area averaging). Matching costs (census of a "
-    "5x5 window, Hamming distance) are computed at --cost-scale and averaged over each grid "
-    "pixel, so a label is a disparity step of 1/cost-scale full-resolution pixels. Smoothness: "
-    "truncated linear min(|d_p - d_q|, truncation) on the stride-1 and stride-2 horizontal and "
-    "vertical edges, weighted down across intensity edges. The CRF is solved by dual "
-    "decomposition into chains (crfkit.solve_map): the result carries a certificate, an upper "
-    "bound on the best possible score, so the report states how far from optimal the labelling "
-    "can be at most."
+    "The pair is downscaled by --scale (area averaging) for the CRF's grid. Matching costs: "
+    "census of a 5x5 window (Hamming distance; insensitive to exposure differences between the "
+    "views), computed at twice the grid's resolution (at most full) and averaged over each grid "
+    "pixel. Smoothness: truncated linear min(|d_p - d_q|, truncation) on the stride-1 and "
+    "stride-2 horizontal and vertical edges, weighted down across intensity edges. Every weight "
+    "is per full-resolution pixel, so --scale changes the resolution, not the balance of data "
+    "and smoothness. Labels: disparities 0 .. --max-disparity, one label per 1/cost-resolution "
+    "pixels (coarser if there would be more than 96). The CRF is solved by dual decomposition "
+    "into chains (crfkit.solve_map): the result carries a certificate, an upper bound on the "
+    "best possible score, so the report states how far from optimal the labelling can be at "
+    "most."
     "\n\n"
-    "Writes to --out: disparity.pfm (full resolution, Middlebury's format), disparity.png "
-    "(colour map), side_by_side.png (left image, ground truth, winner-take-all, CRF) and "
-    "report.json (bad-pixel rates at 1 and 2 px on pixels with known ground truth, for "
-    "winner-take-all on the same matching cost and for the CRF; score, dual bound, gap, "
-    "iterations, time, settings)."
+    "--max-disparity is required for your own pair (it is not estimated): the largest "
+    "disparity in full-resolution pixels, below the image width (Middlebury gives it as ndisp "
+    "in calib.txt). --gt FILE: ground truth to score against, a PFM (inf = unknown) or a "
+    "PNG/PGM (0 = unknown) whose values are divided by --gt-scale (e.g. 4 for quarter-size "
+    "Teddy/Cones, 8 for Tsukuba)."
     "\n\n"
-    "The energy's default weights were tuned on this same pair (there is no other bundled pair "
-    "with ground truth); the report says so."
+    "Writes to --out (a new or empty folder, or one from an earlier run, which is replaced "
+    "whole): disparity.pfm (full resolution, Middlebury's format), disparity.png (colour map "
+    "with a colour bar), side_by_side.png (left image, ground truth if any, winner-take-all, "
+    "CRF) and report.json (score, dual bound, gap; bad-pixel rates at 1, 2, 4 px with ground "
+    "truth; iterations, time, settings, run id). The default weights were tuned on generated "
+    "pairs (crfkit.data.stereo.synthetic_pair), not on the bundled pair."
 )
 
 
-def _factor_of(scale: float, name: str) -> int:
-    if not (0 < scale <= 1):
-        raise ValueError(
-            f"expected {name} in (0, 1] (e.g. 0.25 for quarter resolution), got {scale}"
+def _fail(msg: str):
+    raise ValueError(msg)
+
+
+def _int_at_least(value, lo: int, name: str, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        _fail(f"expected {name} an integer >= {lo}, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        _fail(
+            f"expected {name} an integer in [{lo}, {hi}], got {value}"
+            if hi
+            else f"expected {name} >= {lo}, got {value}"
         )
-    f = round(1 / scale)
-    if abs(1 / f - scale) > 1e-6 * scale:
-        raise ValueError(f"expected {name} = 1 / an integer (1, 0.5, 0.25, ...), got {scale}")
-    return int(f)
+    return int(value)
 
 
 def _gamma_of(gamma) -> float | None:
     """``"auto"``, ``"continuation"`` or ``None`` -> ``None`` (solve_map's continuation);
     otherwise a number >= 0."""
-    if gamma is None or (
-        isinstance(gamma, str) and gamma.strip().lower() in ("auto", "continuation", "none")
-    ):
+    if gamma is None or (isinstance(gamma, str) and gamma.strip().lower() in ("auto", "continuation", "none")):
         return None
     try:
         g = float(gamma)
@@ -76,6 +97,90 @@ def _gamma_of(gamma) -> float | None:
     if not (g >= 0) or math.isinf(g):
         raise ValueError(f"expected --gamma 'auto' or a finite number >= 0, got {gamma!r}")
     return g
+
+
+def _factor_of(scale, name: str) -> int:
+    from ..stereo import check_scale
+
+    try:
+        return check_scale(scale)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc).replace("scale", name, 1)) from None
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+@dataclass
+class _OutFolder:
+    """Where a run writes: ``staging`` (a fresh folder beside ``final``), moved to ``final`` whole."""
+
+    final: Path
+    staging: Path
+    created: list  # parent folders this run created (removed again if the run fails)
+
+    def commit(self, run_id: str) -> None:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.staging, 0o777 & ~mask)  # mkdtemp makes 0700
+        if self.final.is_dir() and any(self.final.iterdir()):
+            old = self.final.parent / f".{self.final.name}.old-{run_id}"
+            os.rename(self.final, old)
+            os.rename(self.staging, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.staging, self.final)  # onto a missing or empty folder
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in reversed(self.created):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+
+def _prepare_out(out) -> _OutFolder:
+    """Check ``--out`` and create the staging folder beside it (the writability probe)."""
+    text = "" if out is None else os.fspath(out)
+    if not text.strip():
+        _fail(f"expected --out a folder path, got {text!r}")
+    final = Path(os.path.abspath(os.path.expanduser(text)))
+    if final.exists() and not final.is_dir():
+        _fail(f"expected --out a folder, got {text!r}, which is an existing file")
+    if final.is_dir():
+        others = sorted(set(os.listdir(final)) - set(OUTPUT_NAMES))
+        if others:
+            shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+            _fail(
+                f"expected --out a new or empty folder or one written by crfkit stereo, got {text!r} "
+                f"holding other files ({shown})"
+            )
+    if final.parent == final:
+        _fail(f"expected --out a folder below the file-system root, got {text!r}")
+    anc = final.parent
+    while not anc.exists() and anc.parent != anc:
+        anc = anc.parent
+    if not anc.is_dir():
+        _fail(f"expected --out under a folder, got {text!r}, under the file {str(anc)!r}")
+    created = []
+    try:
+        for folder in reversed([final.parent, *final.parent.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as exc:
+        for folder in reversed(created):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        _fail(f"expected a writable --out, got {text!r} ({exc.strerror or exc})")
+    return _OutFolder(final, staging, created)
+
+
+# ----------------------------------------------------------------------------- pictures
 
 
 def _colourise(disp: np.ndarray, vmax: float, cmap: str = "turbo") -> np.ndarray:
@@ -92,6 +197,36 @@ def _colourise(disp: np.ndarray, vmax: float, cmap: str = "turbo") -> np.ndarray
     return out
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _with_colour_bar(rgb: np.ndarray, vmax: float) -> np.ndarray:
+    """``[H, W, 3]`` colour-mapped disparities with a colour bar (0 .. vmax px) below them."""
+    from PIL import Image, ImageDraw
+
+    H, W = rgb.shape[:2]
+    band, margin = 46, max(8, W // 40)
+    canvas = Image.new("RGB", (W, H + band), (255, 255, 255))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (0, 0))
+    ramp = np.linspace(0, vmax, max(W - 2 * margin, 2))[None, :].repeat(14, axis=0)
+    canvas.paste(Image.fromarray(_colourise(ramp, vmax)), (margin, H + 4))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(14)
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = margin + frac * (W - 2 * margin - 1)
+        draw.line([(x, H + 18), (x, H + 22)], fill=(0, 0, 0))
+        label = f"{frac * vmax:.0f}" + (" px" if frac == 1.0 else "")
+        tw = draw.textlength(label, font=font)
+        draw.text((min(max(x - tw / 2, 0), W - tw), H + 24), label, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
 def _png_bytes(rgb: np.ndarray) -> bytes:
     try:
         from PIL import Image
@@ -104,13 +239,10 @@ def _png_bytes(rgb: np.ndarray) -> bytes:
 
 def _side_by_side(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     """Panels ``[H, W, 3]`` uint8 in a row, each with its title on a bar above it."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     H, W = panels[0][1].shape[:2]
-    try:
-        font = ImageFont.load_default(size=22)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
+    font = _font(22)
     bar, gap = 34, 6
     canvas = Image.new("RGB", (len(panels) * W + (len(panels) - 1) * gap, H + bar), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -121,9 +253,172 @@ def _side_by_side(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.clip(np.round(a.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _check_options(o: dict) -> dict:
+    """Check every numeric option (before any work); returns the solver settings."""
+    from ..stereo import MAX_LABELS
+
+    _int_at_least(o["iters"], 1, "--iters")
+    _int_at_least(o["stages"], 1, "--stages")
+    _int_at_least(o["icm_sweeps"], 0, "--icm-sweeps")
+    _int_at_least(o["threads"], 0, "--threads")
+    if o["decode_every"] is not None:
+        _int_at_least(o["decode_every"], 0, "--decode-every")
+    if o["labels"] is not None:
+        _int_at_least(o["labels"], 2, "--labels", MAX_LABELS)
+    for name in ("smooth_weight", "truncation", "gt_scale", "max_disparity"):
+        v = o[name]
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            _fail(f"expected --{name.replace('_', '-')} a finite number, got {v!r}")
+        if (v < 0) if name == "smooth_weight" else (v <= 0):
+            _fail(f"expected --{name.replace('_', '-')} {'>= 0' if name == 'smooth_weight' else '> 0'}, got {v}")
+    if o["cost"] not in ("census", "ad_census", "tad"):
+        _fail(f"expected --cost census, ad_census or tad, got {o['cost']!r}")
+    factor = _factor_of(o["scale"], "--scale")
+    cost_factor = None
+    if o["cost_scale"] is not None:
+        cost_factor = _factor_of(o["cost_scale"], "--cost-scale")
+        if factor % cost_factor != 0:
+            _fail(
+                f"expected --cost-scale >= --scale with (1/scale) divisible by (1/cost-scale), got "
+                f"{o['cost_scale']} and {o['scale']}"
+            )
+    return {"factor": factor, "cost_factor": cost_factor, "gamma": _gamma_of(o["gamma"])}
+
+
+def _load_inputs(left, right, max_disparity, gt, gt_scale, scale):
+    """The pair, its max disparity and ground truth (checked): ``(StereoPair, D, name, inputs)``."""
+    from ..data.stereo import StereoPair, load_motorcycle
+    from ..stereo import check_pair, load_ground_truth, load_image
+
+    if (left is None) != (right is None):
+        _fail("expected both LEFT and RIGHT images, or neither (the bundled pair), got only one")
+    if left is None:
+        if gt is not None:
+            _fail("expected --gt only with LEFT and RIGHT images (the bundled pair has its own)")
+        pair = load_motorcycle()
+        D = BUNDLED_MAX_DISPARITY if max_disparity is None else max_disparity
+        lft, rgt, D, _ = check_pair(pair.left, pair.right, D, scale)
+        return StereoPair(lft, rgt, pair.disparity, pair.name), D, {"left": None, "right": None, "gt": None}
+    if max_disparity is None:
+        _fail("expected --max-disparity PX for your own pair (the largest disparity, in pixels), got none")
+    lft, rgt, D, _ = check_pair(load_image(left), load_image(right), max_disparity, scale)
+    truth = None
+    if gt is not None:
+        truth = load_ground_truth(gt, gt_scale)
+        if truth.shape != lft.shape[:2]:
+            _fail(
+                f"expected --gt of the images' size {lft.shape[1]} x {lft.shape[0]}, got "
+                f"{truth.shape[1]} x {truth.shape[0]}"
+            )
+    name = os.path.basename(os.fspath(left))
+    inputs = {"left": os.path.abspath(left), "right": os.path.abspath(right), "gt": gt and os.path.abspath(gt)}
+    return StereoPair(lft, rgt, truth, name), D, inputs
+
+
+def _write_outputs(folder: Path, pair, res, metrics: dict, D: float) -> None:
+    from ..io.atomic import atomic_write_bytes
+    from ..io.pfm import write_pfm
+
+    gt = pair.disparity
+    write_pfm(folder / "disparity.pfm", res.disparity)
+    vmax = float(D)
+    atomic_write_bytes(folder / "disparity.png", _png_bytes(_with_colour_bar(_colourise(res.disparity, vmax), vmax)))
+    panels = [("left image", _as_rgb(pair.left))]
+    wta_title, crf_title = "winner-take-all", "CRF (solve_map)"
+    if gt is not None:
+        panels.append(("ground truth (black: unknown)", _colourise(gt, vmax)))
+        wta_title += f": {100 * metrics['wta']['bad_2px']:.1f}% bad > 2px"
+        crf_title += f": {100 * metrics['crf']['bad_2px']:.1f}% bad > 2px"
+    panels += [(wta_title, _colourise(res.wta_disparity, vmax)), (crf_title, _colourise(res.disparity, vmax))]
+    atomic_write_bytes(folder / "side_by_side.png", _png_bytes(_side_by_side(panels)))
+
+
+def _metrics(pair, res) -> dict:
+    from ..stereo import evaluate
+
+    crf = {
+        "score": res.score,
+        "dual_bound": res.bound,
+        "gap": res.gap,
+        "relative_gap": res.relative_gap,
+    }
+    wta = {"score": res.wta_score}
+    out = {"wta": wta, "crf": crf, "ground_truth": pair.disparity is not None}
+    if pair.disparity is not None:
+        wta.update(evaluate(res.wta_disparity, pair.disparity))
+        crf.update(evaluate(res.disparity, pair.disparity))
+        out["ratio_bad_2px_crf_to_wta"] = crf["bad_2px"] / max(wta["bad_2px"], 1e-12)
+    return out
+
+
+def _report(pair, res, metrics, inputs, D, opts, solver, run_id, times) -> dict:
+    import torch
+
+    p = res.params
+    H, W = res.disparity.shape
+    return {
+        "run_id": run_id,
+        "data": pair.name,
+        "inputs": inputs,
+        "full_resolution": [H, W],
+        "grid": list(res.labels.shape),
+        "labels": p.labels(),
+        "max_disparity_px": D,
+        "disparity_step_px": res.step,
+        **metrics,
+        "iterations": res.iterations,
+        "time_seconds": times,
+        "settings": {
+            "scale": 1.0 / res.factor,
+            "cost_scale": 1.0 / p.resolved_cost_factor(),
+            **{k: v for k, v in vars(p).items() if k not in ("offsets", "factor", "cost_factor")},
+            "edge_weight_per_label": p.edge_weight(),
+            "truncation_labels": p.truncation_labels(),
+            "offsets": [list(o) for o in p.offsets],
+            "solver": {
+                "method": "crfkit.solve_map",
+                "iters": int(opts["iters"]),
+                "gamma": "continuation" if solver["gamma"] is None else solver["gamma"],
+                "stages": int(opts["stages"]) if solver["gamma"] is None else None,
+                "step": "adaptive",
+                "decode": "icm",
+                "decode_every": opts["decode_every"] or None,
+                "icm_sweeps": int(opts["icm_sweeps"]),
+            },
+            "threads": torch.get_num_threads(),
+        },
+        "bad_pixel_definition": (
+            "fraction of pixels with finite ground truth where |d - d_gt| > t, at full resolution (the grid's "
+            "disparity nearest-neighbour upsampled)"
+        ),
+        "tuning_note": (
+            "the energy's default weights were chosen on generated pairs (crfkit.data.stereo.synthetic_pair, "
+            "textured layers and slanted planes with occlusions and exposure changes), not on this pair"
+        ),
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+    }
+
+
 def run_stereo(
     out: str | os.PathLike,
+    left: str | os.PathLike | None = None,
+    right: str | os.PathLike | None = None,
     *,
+    max_disparity: float | None = None,
+    gt: str | os.PathLike | None = None,
+    gt_scale: float = 1.0,
     scale: float = 0.25,
     cost_scale: float | None = None,
     labels: int | None = None,
@@ -140,211 +435,102 @@ def run_stereo(
 ) -> dict:
     """Run the stereo job and write its files to ``out``; returns the report (a dict).
 
-    See ``crfkit stereo --help`` for the arguments.
+    Every argument is checked, the images read and ``out`` probed before any work; a bad one
+    raises ``ValueError``/``TypeError`` and writes nothing.  See ``crfkit stereo --help``.
     """
     import torch
 
-    from .. import solve_map
-    from ..data.stereo import (
-        StereoParams,
-        bad_pixel_rate,
-        build_stereo_crf,
-        load_motorcycle,
-        upsample_disparity,
-        winner_take_all,
-    )
-    from ..io.pfm import atomic_write_bytes, write_pfm
+    from ..data.stereo import StereoParams
+
+    t_start = time.perf_counter()
+    opts = dict(locals())
+    solver = _check_options(opts)
+    pair, D, inputs = _load_inputs(left, right, max_disparity, gt, gt_scale, scale)
+    overrides = {"cost": cost, "cost_factor": solver["cost_factor"], "num_labels": labels}
+    if smooth_weight is not None:
+        overrides["smooth_weight"] = float(smooth_weight)
+    if truncation is not None:
+        overrides["truncation"] = float(truncation)
+    params = StereoParams(factor=solver["factor"], max_disparity=D, **overrides)
+    from ..stereo import MAX_LABELS
+
+    if params.labels() > MAX_LABELS:
+        _fail(f"expected at most {MAX_LABELS} labels, got {params.labels()} (lower --max-disparity or --scale)")
+    folder = _prepare_out(out)
+    t_load = time.perf_counter() - t_start
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        report = _solve_and_write(pair, D, params, folder, opts, solver, inputs, progress, t_start, t_load)
+    except BaseException:
+        folder.abandon()
+        raise
+    return report
+
+
+def _solve_and_write(pair, D, params, folder, opts, solver, inputs, progress, t_start, t_load) -> dict:
+    from ..stereo import match
 
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError("the progress bar needs tqdm: pip install 'crfkit[cli]'") from None
 
-    t_start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(int(threads))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    factor = _factor_of(scale, "--scale")
-    if cost_scale is None:
-        cost_factor = factor // 2 if factor >= 4 and factor % 2 == 0 else factor
-    else:
-        cost_factor = _factor_of(cost_scale, "--cost-scale")
-    if factor % cost_factor != 0:
-        raise ValueError(
-            f"expected --cost-scale >= --scale with (1/scale) divisible by (1/cost-scale), got "
-            f"{cost_scale} and {scale}"
-        )
-    solver_gamma = _gamma_of(gamma)
-    if decode_every is not None and int(decode_every) <= 0:
-        decode_every = None
-    defaults = StereoParams()
-    params = StereoParams(
-        factor=factor,
-        cost_factor=cost_factor,
-        num_labels=labels,
-        cost=cost,
-        smooth_weight=defaults.smooth_weight if smooth_weight is None else float(smooth_weight),
-        truncation=defaults.truncation if truncation is None else float(truncation),
-    )
-
     def say(msg: str):
         if progress:
             tqdm.write(msg, file=sys.stderr)
 
-    say("loading the Middlebury motorcycle pair (scikit-image) ...")
-    t0 = time.perf_counter()
-    pair = load_motorcycle()
-    t_load = time.perf_counter() - t0
-    H, W = pair.disparity.shape
-
-    say(f"building the CRF at 1/{factor} resolution (costs at 1/{cost_factor}) ...")
-    t0 = time.perf_counter()
-    crf, parts = build_stereo_crf(pair, params)
-    wta = winner_take_all(crf.unary)
-    t_build = time.perf_counter() - t0
-    B, L, h, w = crf.shape
-    step = params.disparity_step()
-    say(f"  grid {h}x{w}, {L} labels (disparity step {step} px), offsets {list(crf.offsets)}")
-
-    bar = tqdm(
-        total=int(iters),
-        desc="solve_map",
-        unit="it",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
+    H, W = pair.left.shape[:2]
+    f = params.factor
+    say(
+        f"{pair.name}: {W}x{H}, disparities 0..{D:g} px; grid 1/{f} ({W // f}x{H // f}), {params.labels()} labels "
+        f"of {params.label_step()} px"
     )
+    bar = tqdm(total=int(opts["iters"]), desc="solve_map", unit="it", disable=not progress, file=sys.stderr)
 
     def callback(state: dict):
         bar.update(1)
-        if state["iteration"] % 5 == 0 or state["iteration"] == state.get("iters"):
-            primal = float(state["primal"][0])
-            cert = float(state["certificate"][0])
-            post = {"gamma": f"{float(state['gamma']):.2g}", "bound": f"{cert:.1f}"}
-            if math.isfinite(primal):
-                post["score"] = f"{primal:.1f}"
+        if state["iteration"] % 5 == 0:
+            post = {"bound": f"{float(state['certificate'][0]):.1f}"}
+            if math.isfinite(float(state["primal"][0])):
+                post["score"] = f"{float(state['primal'][0]):.1f}"
             bar.set_postfix(post, refresh=False)
 
-    t0 = time.perf_counter()
-    res = solve_map(
-        crf,
-        iters=int(iters),
-        gamma=solver_gamma,
-        stages=int(stages),
-        icm_sweeps=int(icm_sweeps),
+    decode_every = opts["decode_every"] or None
+    res = match(
+        pair.left,
+        pair.right,
+        D,
+        scale=1.0 / f,
+        params=params,
+        iters=int(opts["iters"]),
+        gamma=solver["gamma"],
+        stages=int(opts["stages"]),
         decode_every=decode_every,
+        icm_sweeps=int(opts["icm_sweeps"]),
         callback=callback,
     )
-    t_solve = time.perf_counter() - t0
     bar.close()
-
     say("evaluating and writing files ...")
-    gt = pair.disparity
-    to_full = (
-        float(step) / factor
-    )  # label -> working-resolution disparity, then x factor in upsampling
-    crf_full = upsample_disparity(res.labels[0].double().numpy() * to_full, factor, (H, W))
-    wta_full = upsample_disparity(wta[0].double().numpy() * to_full, factor, (H, W))
-    metrics = {
-        "wta": {
-            "bad_1px": bad_pixel_rate(wta_full, gt, 1.0),
-            "bad_2px": bad_pixel_rate(wta_full, gt, 2.0),
-            "score": float(crf.score(wta)[0]),
-        },
-        "crf": {
-            "bad_1px": bad_pixel_rate(crf_full, gt, 1.0),
-            "bad_2px": bad_pixel_rate(crf_full, gt, 2.0),
-            "score": float(res.primal[0]),
-            "dual_bound": float(res.dual[0]),
-            "gap": float(res.gap[0]),
-            "relative_gap": float(res.gap[0]) / max(abs(float(res.primal[0])), 1e-12),
-        },
-    }
-    metrics["ratio_bad_2px_crf_to_wta"] = metrics["crf"]["bad_2px"] / max(
-        metrics["wta"]["bad_2px"], 1e-12
-    )
-
-    write_pfm(out / "disparity.pfm", crf_full.astype(np.float32))
-    vmax = float(np.nanmax(np.where(np.isfinite(gt), gt, np.nan)))
-    vmax = max(vmax, float(crf_full.max()), float(wta_full.max()))
-    atomic_write_bytes(out / "disparity.png", _png_bytes(_colourise(crf_full, vmax)))
-    panels = [
-        ("left image", np.asarray(pair.left, dtype=np.uint8)),
-        ("ground truth (black: unknown)", _colourise(gt, vmax)),
-        (
-            f"winner-take-all: {100 * metrics['wta']['bad_2px']:.1f}% bad > 2px",
-            _colourise(wta_full, vmax),
-        ),
-        (
-            f"CRF (solve_map): {100 * metrics['crf']['bad_2px']:.1f}% bad > 2px",
-            _colourise(crf_full, vmax),
-        ),
-    ]
-    atomic_write_bytes(out / "side_by_side.png", _png_bytes(_side_by_side(panels)))
-
-    report = {
-        "data": pair.name,
-        "full_resolution": [H, W],
-        "grid": [h, w],
-        "labels": L,
-        "disparity_step_px": step,
-        **metrics,
-        "iterations": int(res.iterations),
-        "time_seconds": {
-            "load": t_load,
-            "build": t_build,
-            "solve": t_solve,
-            "total": time.perf_counter() - t_start,
-        },
-        "settings": {
-            "scale": 1.0 / factor,
-            "cost_scale": 1.0 / cost_factor,
-            "cost": params.cost,
-            "census_radius": 2,
-            "data_weight": params.data_weight,
-            "smooth_weight": params.smooth_weight,
-            "truncation": params.truncation,
-            "sigma": params.sigma,
-            "floor": params.floor,
-            "stride2_scale": params.stride2_scale,
-            "offsets": [list(o) for o in params.offsets],
-            "solver": {
-                "method": "crfkit.solve_map",
-                "iters": int(iters),
-                "gamma": "continuation" if solver_gamma is None else solver_gamma,
-                "stages": int(stages) if solver_gamma is None else None,
-                "step": "adaptive",
-                "decode": "icm",
-                "decode_every": decode_every,
-                "icm_sweeps": int(icm_sweeps),
-            },
-            "threads": torch.get_num_threads(),
-        },
-        "bad_pixel_definition": (
-            "fraction of pixels with finite ground truth where |d - d_gt| > t, at full "
-            "resolution (the working-resolution disparity times the downscale factor, "
-            "nearest-neighbour upsampled)"
-        ),
-        "tuning_note": (
-            "the energy's weights (cost, smoothness weight, truncation, contrast sigma/floor) "
-            "were tuned on this same pair; there is no held-out pair with ground truth"
-        ),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-        },
-    }
+    metrics = _metrics(pair, res)
+    _write_outputs(folder.staging, pair, res, metrics, D)
+    run_id = uuid.uuid4().hex[:12]
+    times = {"load": t_load, "build": res.timing["build"], "solve": res.timing["solve"]}
+    report = _report(pair, res, metrics, inputs, D, opts, solver, run_id, times)
     report["time_seconds"]["total"] = time.perf_counter() - t_start
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    from ..io.atomic import atomic_write_bytes
+
+    atomic_write_bytes(folder.staging / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    folder.commit(run_id)
+    bad = (
+        f"bad pixels > 2 px: winner-take-all {100 * metrics['wta']['bad_2px']:.1f}%, CRF "
+        f"{100 * metrics['crf']['bad_2px']:.1f}%; "
+        if metrics["ground_truth"]
+        else ""
+    )
     say(
-        f"bad pixels > 2 px: winner-take-all {100 * metrics['wta']['bad_2px']:.1f}%, "
-        f"CRF {100 * metrics['crf']['bad_2px']:.1f}% "
-        f"(ratio {metrics['ratio_bad_2px_crf_to_wta']:.2f}); score {metrics['crf']['score']:.2f} "
-        f"<= optimum <= "
-        f"{metrics['crf']['dual_bound']:.2f} (gap {100 * metrics['crf']['relative_gap']:.2f}%); "
-        f"{report['time_seconds']['total']:.1f} s; files in {out}"
+        f"{bad}score {res.score:.2f} <= optimum <= {res.bound:.2f} (gap {100 * res.relative_gap:.2f}%); "
+        f"{report['time_seconds']['total']:.1f} s; files in {folder.final}"
     )
     return report
 
@@ -355,94 +541,64 @@ def register(app) -> None:
 
     @app.command("stereo", help=HELP)
     def stereo(
-        out: Path = typer.Option(  # noqa: B008 (typer's idiom)
-            ...,
-            "--out",
-            help=(
-                "Folder for disparity.pfm, disparity.png, side_by_side.png, report.json (created "
-                "if missing)."
-            ),
+        left: str | None = typer.Argument(None, help="Left image (PNG/JPEG/PPM/PGM). Omit both for the bundled pair."),
+        right: str | None = typer.Argument(None, help="Right image, the same size as LEFT."),
+        out: str = typer.Option(
+            ..., "--out", help="Folder for disparity.pfm, disparity.png, side_by_side.png, report.json."
+        ),
+        max_disparity: float | None = typer.Option(
+            None,
+            "--max-disparity",
+            help="Largest disparity, full-resolution pixels (required with LEFT RIGHT; bundled pair: 64).",
+        ),
+        gt: str | None = typer.Option(
+            None, "--gt", help="Ground-truth disparity: PFM (inf = unknown) or PNG/PGM (0 = unknown)."
+        ),
+        gt_scale: float = typer.Option(
+            1.0, "--gt-scale", help="Divide the ground truth's values by this (e.g. 4 or 8)."
         ),
         scale: float = typer.Option(
-            0.25,
-            "--scale",
-            help="Grid resolution as a fraction of 741x500: 1, 0.5, 0.25 (default), 0.125 ...",
+            0.25, "--scale", help="Grid resolution as a fraction of the images': 1, 0.5, 0.25 (default), ..."
         ),
         cost_scale: float | None = typer.Option(
-            None,
-            "--cost-scale",
-            help=(
-                "Resolution of the matching costs (>= --scale); one label = 1/cost-scale px. "
-                "Default: 2 x scale (0.5 at the default scale) when scale <= 0.25, else scale."
-            ),
+            None, "--cost-scale", help="Resolution of the matching costs (>= --scale). Default: 2 x scale, at most 1."
         ),
         labels: int | None = typer.Option(
-            None,
-            "--labels",
-            help=(
-                "Number of disparity labels. Default: enough for 64 px (the pair's disparities "
-                "reach 60)."
-            ),
+            None, "--labels", help="Number of disparity labels (2..512). Default: from --max-disparity."
         ),
-        iters: int = typer.Option(
-            100, "--iters", help="Iterations of solve_map (each: one pass over every chain)."
-        ),
+        iters: int = typer.Option(100, "--iters", help="Iterations of solve_map (each: one pass over every chain)."),
         gamma: str = typer.Option(
             "0",
             "--gamma",
-            help=(
-                "Smoothing of solve_map: 0 (default: the max iteration with solve_map's adaptive "
-                "step, the fastest here), 'auto' (solve_map's default continuation in gamma, the "
-                "tightest certificate but slower per iteration), or a fixed positive number."
-            ),
+            help="Smoothing of solve_map: 0 (default: the max iteration), 'auto' (continuation) or a number.",
         ),
-        stages: int = typer.Option(
-            4, "--stages", help="Stages of the continuation (with --gamma auto)."
-        ),
+        stages: int = typer.Option(4, "--stages", help="Stages of the continuation (with --gamma auto), >= 1."),
         decode_every: int = typer.Option(
             20,
             "--decode-every",
-            help=(
-                "Decode a labelling every so many iterations (0: only at stage ends and at the "
-                "end); the best one is kept."
-            ),
+            help="Decode a labelling every so many iterations (0: only at stage ends and the end).",
         ),
-        icm_sweeps: int = typer.Option(
-            1,
-            "--icm-sweeps",
-            help="Sweeps of chain-wise conditional decoding (ICM on chains) at each decoding.",
-        ),
-        cost: str = typer.Option(
-            "census",
-            "--cost",
-            help=(
-                "Matching cost: census (default), ad_census or tad (truncated absolute difference "
-                "of grey levels)."
-            ),
-        ),
+        icm_sweeps: int = typer.Option(1, "--icm-sweeps", help="Sweeps of chain-wise ICM at each decoding, >= 0."),
+        cost: str = typer.Option("census", "--cost", help="Matching cost: census (default), ad_census or tad."),
         smooth_weight: float | None = typer.Option(
             None,
             "--smooth-weight",
-            help="Smoothness weight of a stride-1 edge between like-looking pixels (default 0.1).",
+            help="Smoothness per full-resolution pixel pair and pixel of disparity jump (default 0.4).",
         ),
         truncation: float | None = typer.Option(
-            None,
-            "--truncation",
-            help="Truncation of the linear smoothness term, in labels (default 4).",
+            None, "--truncation", help="Truncation of the linear smoothness, in full-resolution pixels (default 8)."
         ),
-        threads: int = typer.Option(
-            1,
-            "--threads",
-            help=(
-                "torch intra-op threads (default 1: the chain kernels run many small operations, "
-                "and on a busy machine a second thread cost 20-200x here; 0: torch's default)."
-            ),
-        ),
+        threads: int = typer.Option(1, "--threads", help="torch intra-op threads (default 1; 0: torch's default)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or messages."),
     ):
         try:
             run_stereo(
                 out,
+                left,
+                right,
+                max_disparity=max_disparity,
+                gt=gt,
+                gt_scale=gt_scale,
                 scale=scale,
                 cost_scale=cost_scale,
                 labels=labels,
@@ -457,6 +613,7 @@ def register(app) -> None:
                 threads=threads,
                 progress=not quiet,
             )
-        except (ValueError, TypeError) as exc:
-            typer.echo(f"crfkit stereo: error: {exc}", err=True)
+        except (ValueError, TypeError, OSError) as exc:
+            msg = " ".join(str(exc).split())
+            typer.echo(f"crfkit stereo: error: {msg}", err=True)
             raise typer.Exit(2) from None

@@ -84,8 +84,7 @@ def load_motorcycle() -> StereoPair:
         from skimage import data as skdata
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError(
-            "the bundled stereo pair needs scikit-image: pip install 'crfkit[cli]' "
-            "(or pip install scikit-image)"
+            "the bundled stereo pair needs scikit-image: pip install 'crfkit[cli]' (or pip install scikit-image)"
         ) from None
     left, right, disparity = skdata.stereo_motorcycle()
     return StereoPair(
@@ -100,13 +99,9 @@ def _check_image(img, name: str) -> np.ndarray:
     if isinstance(img, torch.Tensor):
         img = img.detach().cpu().numpy()
     if not isinstance(img, np.ndarray):
-        raise CRFTypeError(
-            f"expected {name} to be a numpy array [H, W] or [H, W, 3], got {type(img).__name__}"
-        )
+        raise CRFTypeError(f"expected {name} to be a numpy array [H, W] or [H, W, 3], got {type(img).__name__}")
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
-        raise CRFShapeError(
-            f"expected {name} of shape [H, W] or [H, W, 3], got {fmt_shape(img.shape)}"
-        )
+        raise CRFShapeError(f"expected {name} of shape [H, W] or [H, W, 3], got {fmt_shape(img.shape)}")
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise CRFShapeError(f"expected a non-empty {name}, got shape {fmt_shape(img.shape)}")
     if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
@@ -171,12 +166,7 @@ def upsample_disparity(disparity, factor: int, shape: tuple[int, int]) -> np.nda
         raise CRFShapeError(f"expected disparity of shape [h, w], got {fmt_shape(d.shape)}")
     f = _check_factor(factor)
     H, W = int(shape[0]), int(shape[1])
-    if (
-        H < d.shape[0] * f
-        or W < d.shape[1] * f
-        or H >= (d.shape[0] + 1) * f
-        or W >= (d.shape[1] + 1) * f
-    ):
+    if H < d.shape[0] * f or W < d.shape[1] * f or H >= (d.shape[0] + 1) * f or W >= (d.shape[1] + 1) * f:
         raise CRFShapeError(
             f"expected a full-resolution shape (H, W) with H // {f} = {d.shape[0]} and W // {f} = "
             f"{d.shape[1]}, got {(H, W)}"
@@ -226,8 +216,10 @@ def matching_cost(
     census_radius: int = 2,
     ad_scale: float = 10.0,
     census_scale: float = 30.0,
+    step: int = 1,
+    outside: str = "replicate",
 ) -> torch.Tensor:
-    """Cost volume ``[L, H, W]`` (float32): left pixel ``(y, x)`` against right ``(y, x - l)``.
+    """Cost volume ``[L, H, W]`` (float32): left pixel ``(y, x)`` against right ``(y, x - l * step)``.
 
     Args:
         left, right: images ``[H, W]`` or ``[H, W, 3]`` (grey levels 0..255 expected).
@@ -241,48 +233,61 @@ def matching_cost(
               — colour absolute difference (mean over channels) and the census Hamming
               distance mapped robustly to ``[0, 1)`` each and summed (Mei et al., 2011).
         ad_truncation, census_radius, ad_scale, census_scale: see ``method``.
-
-    Where ``x - l < 0`` the right image's first column is used.
+        step: label ``l`` is the shift ``l * step`` pixels (default 1).
+        outside: where ``x - l * step < 0`` (no partner in the right view): ``"replicate"``
+            (default) matches the right image's first column; ``"mean"`` gives the mean of the
+            pixel's costs over its labels that have a partner (no preference among them, so the
+            smoothness decides; the leftmost column keeps its label-0 cost everywhere).
     """
     lft = _check_image(left, "left")
     rgt = _check_image(right, "right")
     if lft.shape != rgt.shape:
         raise CRFShapeError(
-            f"expected left and right of the same shape, got {fmt_shape(lft.shape)} and "
-            f"{fmt_shape(rgt.shape)}"
+            f"expected left and right of the same shape, got {fmt_shape(lft.shape)} and {fmt_shape(rgt.shape)}"
         )
-    if (
-        isinstance(num_labels, bool)
-        or not isinstance(num_labels, (int, np.integer))
-        or num_labels < 1
-    ):
+    if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
         raise CRFValueError(f"expected num_labels an integer >= 1, got {num_labels!r}")
     L = int(num_labels)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise CRFValueError(f"expected step an integer >= 1, got {step!r}")
+    k = int(step)
     if method not in ("tad", "census", "ad_census"):
         raise CRFValueError(f"expected method 'tad', 'census' or 'ad_census', got {method!r}")
+    if outside not in ("replicate", "mean"):
+        raise CRFValueError(f"expected outside 'replicate' or 'mean', got {outside!r}")
+    cost = _cost_volume(lft, rgt, L, method, k, ad_truncation, census_radius, ad_scale, census_scale)
+    if outside == "mean":
+        W = cost.shape[-1]
+        shifts = torch.arange(L)[:, None] * k  # [L, 1]
+        valid = (torch.arange(W)[None, :] >= shifts)[:, None, :].expand_as(cost)  # [L, H, W]
+        mean = (cost * valid).sum(0) / valid.sum(0).clamp(min=1)
+        cost = torch.where(valid, cost, mean[None].expand_as(cost))
+    return cost
+
+
+def _cost_volume(lft, rgt, L, method, k, ad_truncation, census_radius, ad_scale, census_scale) -> torch.Tensor:
+    """:func:`matching_cost` with the right image's first column replicated (arguments checked)."""
     gl = torch.from_numpy(to_grey(lft))
     gr = torch.from_numpy(to_grey(rgt))
     H, W = gl.shape
     cost = torch.empty(L, H, W, dtype=torch.float32)
     if method == "tad":
         for d in range(L):
-            cost[d] = (gl - _shift_right(gr, d)).abs().clamp(max=float(ad_truncation))
+            cost[d] = (gl - _shift_right(gr, d * k)).abs().clamp(max=float(ad_truncation))
         return cost
     cl = census_transform(gl, census_radius)
     cr = census_transform(gr, census_radius)
     nbits = cl.shape[0]
     if method == "census":
         for d in range(L):
-            cost[d] = (cl ^ _shift_right(cr, d)).sum(0).float() / nbits
+            cost[d] = (cl ^ _shift_right(cr, d * k)).sum(0).float() / nbits
         return cost
     col_l = torch.from_numpy(lft.astype(np.float32).reshape(H, W, -1)[..., :3]).permute(2, 0, 1)
     col_r = torch.from_numpy(rgt.astype(np.float32).reshape(H, W, -1)[..., :3]).permute(2, 0, 1)
     for d in range(L):
-        ad = (col_l - _shift_right(col_r, d)).abs().mean(0)
-        hd = (cl ^ _shift_right(cr, d)).sum(0).float()
-        cost[d] = (1 - torch.exp(-ad / ad_scale)) + (
-            1 - torch.exp(-hd / census_scale * (48.0 / nbits))
-        )
+        ad = (col_l - _shift_right(col_r, d * k)).abs().mean(0)
+        hd = (cl ^ _shift_right(cr, d * k)).sum(0).float()
+        cost[d] = (1 - torch.exp(-ad / ad_scale)) + (1 - torch.exp(-hd / census_scale * (48.0 / nbits)))
     return cost
 
 
@@ -318,9 +323,7 @@ def contrast_weights(
     if stride_scale is None:
         stride_scale = [1.0] * len(offs)
     if len(stride_scale) != len(offs):
-        raise CRFShapeError(
-            f"expected one stride_scale per offset ({len(offs)}), got {len(stride_scale)}"
-        )
+        raise CRFShapeError(f"expected one stride_scale per offset ({len(offs)}), got {len(stride_scale)}")
     if not sigma > 0:
         raise CRFValueError(f"expected sigma > 0, got {sigma!r}")
     t = torch.from_numpy(img).permute(2, 0, 1)  # [C, H, W]
@@ -333,9 +336,7 @@ def contrast_weights(
             a = t[:, :y1, x1a:x1b]
             c = t[:, dy:, x1a + dx : x1b + dx]
             diff = (a - c).abs().amax(0)
-            w[0, :y1, x1a:x1b] = (
-                float(weight) * float(s) * (floor + (1 - floor) * torch.exp(-diff / float(sigma)))
-            )
+            w[0, :y1, x1a:x1b] = float(weight) * float(s) * (floor + (1 - floor) * torch.exp(-diff / float(sigma)))
         out.append(w)
     return out
 
@@ -359,16 +360,8 @@ def bad_pixel_rate(disparity, ground_truth, threshold: float) -> float:
         ground_truth: ``[H, W]``, non-finite where unknown.
         threshold: in pixels (Middlebury's ``bad 1.0`` / ``bad 2.0`` use 1 and 2).
     """
-    d = (
-        disparity.detach().cpu().numpy()
-        if isinstance(disparity, torch.Tensor)
-        else np.asarray(disparity)
-    )
-    g = (
-        ground_truth.detach().cpu().numpy()
-        if isinstance(ground_truth, torch.Tensor)
-        else np.asarray(ground_truth)
-    )
+    d = disparity.detach().cpu().numpy() if isinstance(disparity, torch.Tensor) else np.asarray(disparity)
+    g = ground_truth.detach().cpu().numpy() if isinstance(ground_truth, torch.Tensor) else np.asarray(ground_truth)
     if d.shape != g.shape or d.ndim != 2:
         raise CRFShapeError(
             f"expected disparity and ground_truth of the same shape [H, W], got "
@@ -386,20 +379,35 @@ def bad_pixel_rate(disparity, ground_truth, threshold: float) -> float:
 
 @dataclass(frozen=True)
 class StereoParams:
-    """The stereo energy's settings (defaults tuned on the bundled motorcycle pair).
+    """The stereo energy's settings, in full-resolution units so that the grid resolution
+    (``factor``) changes the resolution, not the balance of data and smoothness.
+
+    The energy of a disparity map ``d`` (full-resolution pixels) on the full-resolution image is
+    ``sum_p cost_p(d_p) + smooth_weight * sum_{p~q} c_pq * min(|d_p - d_q|, truncation)`` over
+    pixels ``p`` and 4-neighbour pairs ``p ~ q`` (``c_pq`` the contrast factor of
+    :func:`contrast_weights`).  On a grid downscaled by ``f`` whose labels are ``step`` pixels
+    apart, a grid pixel stands for ``f²`` pixels and a grid edge for ``f`` pixel pairs, so after
+    dividing by ``f²``: unary ``-data_weight * mean cost`` and edge weight
+    ``smooth_weight * step / f`` per label of difference, truncated at ``truncation / step``
+    labels.
 
     Attributes:
         factor: integer downscale factor of the grid (4 = quarter resolution).
         cost_factor: integer downscale factor at which matching costs are computed; it
             divides ``factor``, and each grid pixel's cost is the mean over its
-            ``(factor / cost_factor)²`` cost pixels.  Label ``l`` is the full-resolution
-            disparity ``l * cost_factor``.  ``None``: ``factor`` (costs on the grid itself).
-        num_labels: ``L``, labels ``0 .. L - 1``; ``None``: ``ceil(64 / cost_factor)`` (the
-            motorcycle's disparities reach 60 px).
-        cost: matching cost, ``"ad_census"``, ``"census"`` or ``"tad"`` (:func:`matching_cost`).
-        data_weight: multiplies the cost in the unary score.
-        smooth_weight: pairwise weight of a stride-1 edge between equal-looking pixels.
-        truncation: of the truncated-linear pairwise term, in labels.
+            ``(factor / cost_factor)²`` cost pixels.  ``None``: ``max(1, factor // 2)``.
+        max_disparity: the largest disparity searched, in full-resolution pixels (> 0).
+        num_labels: ``L``, labels ``0 .. L - 1``; ``None``: ``floor(max_disparity / step) + 1``.
+        max_labels: the label step (a multiple of ``cost_factor``) is the smallest that keeps
+            ``L <= max_labels``.
+        cost: matching cost, ``"census"``, ``"ad_census"`` or ``"tad"`` (:func:`matching_cost`).
+        census_radius: census window radius at the cost resolution.
+        outside: costs of disparities with no partner in the right view (``x < d``), see
+            :func:`matching_cost`: ``"mean"`` (default) or ``"replicate"``.
+        data_weight: multiplies the mean cost in the unary score.
+        smooth_weight: smoothness per full-resolution pixel pair and pixel of disparity jump,
+            between like-looking pixels (relative to the per-pixel cost).
+        truncation: of the truncated-linear smoothness, in full-resolution pixels.
         sigma: contrast scale of :func:`contrast_weights` (grey levels 0..255).
         floor: smallest relative edge weight across strong intensity edges.
         stride2_scale: relative weight of stride-2 edges (offsets with a component of 2).
@@ -407,33 +415,76 @@ class StereoParams:
     """
 
     factor: int = 4
-    cost_factor: int | None = 2
+    cost_factor: int | None = None
+    max_disparity: float = 64.0
     num_labels: int | None = None
+    max_labels: int = 96
     cost: str = "census"
+    census_radius: int = 2
+    outside: str = "mean"
     data_weight: float = 1.0
-    smooth_weight: float = 0.1
-    truncation: float = 4.0
+    smooth_weight: float = 0.4
+    truncation: float = 8.0
     sigma: float = 10.0
     floor: float = 0.2
     stride2_scale: float = 0.5
     offsets: tuple[tuple[int, int], ...] = field(default=DEFAULT_OFFSETS)
 
     def resolved_cost_factor(self) -> int:
-        cf = _check_factor(self.factor if self.cost_factor is None else self.cost_factor)
-        if _check_factor(self.factor) % cf != 0:
-            raise CRFValueError(
-                f"expected cost_factor to divide factor = {self.factor}, got {self.cost_factor}"
-            )
+        f = _check_factor(self.factor)
+        cf = _check_factor(max(1, f // 2) if self.cost_factor is None else self.cost_factor)
+        if f % cf != 0:
+            raise CRFValueError(f"expected cost_factor to divide factor = {self.factor}, got {self.cost_factor}")
         return cf
+
+    def _checked_max_disparity(self) -> float:
+        D = self.max_disparity
+        if (
+            isinstance(D, bool)
+            or not isinstance(D, (int, float, np.integer, np.floating))
+            or not (0 < float(D) < math.inf)
+        ):
+            raise CRFValueError(f"expected max_disparity a finite number > 0 (pixels), got {D!r}")
+        return float(D)
+
+    def label_step(self) -> int:
+        """Full-resolution disparity between consecutive labels: ``cost_factor`` times the
+        smallest integer ``k`` with ``floor(max_disparity / (k * cost_factor)) + 1 <= max_labels``
+        (``k = 1`` when ``num_labels`` is given)."""
+        cf = self.resolved_cost_factor()
+        if self.num_labels is not None:
+            return cf
+        D = self._checked_max_disparity()
+        if (
+            isinstance(self.max_labels, bool)
+            or not isinstance(self.max_labels, (int, np.integer))
+            or (self.max_labels < 2)
+        ):
+            raise CRFValueError(f"expected max_labels an integer >= 2, got {self.max_labels!r}")
+        k = 1
+        while math.floor(D / (k * cf)) + 1 > self.max_labels:
+            k += 1
+        return cf * k
+
+    def disparity_step(self) -> int:
+        """Alias of :meth:`label_step` (full-resolution disparity of one label step)."""
+        return self.label_step()
 
     def labels(self) -> int:
         if self.num_labels is not None:
-            return int(self.num_labels)
-        return int(math.ceil(64 / self.resolved_cost_factor()))
+            n = self.num_labels
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise CRFValueError(f"expected num_labels an integer >= 1, got {n!r}")
+            return int(n)
+        return int(math.floor(self._checked_max_disparity() / self.label_step())) + 1
 
-    def disparity_step(self) -> int:
-        """Full-resolution disparity of one label step (``cost_factor``)."""
-        return self.resolved_cost_factor()
+    def edge_weight(self) -> float:
+        """Weight of a stride-1 grid edge between like-looking pixels, per label of difference."""
+        return float(self.smooth_weight) * self.label_step() / _check_factor(self.factor)
+
+    def truncation_labels(self) -> float:
+        """The truncation in labels: ``truncation / step`` rounded, at least 1."""
+        return float(max(1, round(float(self.truncation) / self.label_step())))
 
 
 def build_stereo_crf(pair: StereoPair, params: StereoParams | None = None) -> tuple[GridCRF, dict]:
@@ -441,28 +492,143 @@ def build_stereo_crf(pair: StereoPair, params: StereoParams | None = None) -> tu
 
     Returns ``(crf, parts)``: ``crf`` a :class:`~crfkit.GridCRF` with unary ``[1, L, h, w]`` and
     one ``TruncatedLinear(weight [1, h, w], truncation)`` per offset; ``parts`` a dict with the
-    downscaled ``left``/``right`` images, the ``cost`` volume ``[L, h, w]``, the ``unary`` and
-    the ``params``.
+    downscaled ``left``/``right`` images, the ``cost`` volume ``[L, h, w]``, the ``unary``, the
+    ``params`` and the label ``step`` (label ``l`` is the full-resolution disparity ``l * step``).
     """
     p = params or StereoParams()
     f = _check_factor(p.factor)
     cf = p.resolved_cost_factor()
     L = p.labels()
+    step = p.label_step()
     left = downscale(pair.left, f)
     right = downscale(pair.right, f)
+    kw = {"census_radius": int(p.census_radius), "step": step // cf, "outside": p.outside}
     if cf == f:
-        cost = matching_cost(left, right, L, p.cost)
+        cost = matching_cost(left, right, L, p.cost, **kw)
     else:
-        cost = matching_cost(downscale(pair.left, cf), downscale(pair.right, cf), L, p.cost)
+        cost = matching_cost(downscale(pair.left, cf), downscale(pair.right, cf), L, p.cost, **kw)
         r = f // cf
         h, w = left.shape[:2]
         cost = cost[:, : h * r, : w * r].reshape(L, h, r, w, r).mean(dim=(2, 4))
     unary = stereo_unary(cost, p.data_weight)
     offsets = check_offsets(p.offsets)
     scales = [p.stride2_scale if max(abs(dy), abs(dx)) >= 2 else 1.0 for dy, dx in offsets]
-    weights = contrast_weights(
-        left, offsets, weight=p.smooth_weight, sigma=p.sigma, floor=p.floor, stride_scale=scales
-    )
-    pairwise = [TruncatedLinear(w, float(p.truncation)) for w in weights]
+    weights = contrast_weights(left, offsets, weight=p.edge_weight(), sigma=p.sigma, floor=p.floor, stride_scale=scales)
+    pairwise = [TruncatedLinear(w, p.truncation_labels()) for w in weights]
     crf = GridCRF(unary, pairwise, offsets=offsets)
-    return crf, {"left": left, "right": right, "cost": cost, "unary": unary, "params": p}
+    return crf, {"left": left, "right": right, "cost": cost, "unary": unary, "params": p, "step": step}
+
+
+# ----------------------------------------------------------------------------- generated pairs
+
+
+def _texture(g: np.random.Generator, H: int, W: int, strength: float) -> np.ndarray:
+    """A random colour texture ``[H, W, 3]`` float (0..255 before clipping): smoothed noise at
+    several scales plus a few flat patches, its contrast ``strength`` (1: strong)."""
+    from scipy.ndimage import gaussian_filter
+
+    base = g.uniform(60, 190, size=3)
+    out = np.zeros((H, W, 3))
+    for s in (0.8, 2.0, 5.0, 12.0):
+        n = gaussian_filter(g.standard_normal((H, W)), s)
+        n /= max(n.std(), 1e-9)
+        tint = g.uniform(0.6, 1.0, size=3)
+        out += g.uniform(6, 22) * strength * n[..., None] * tint
+    for _ in range(int(g.integers(2, 6))):  # flat patches: piecewise-constant regions
+        y0, x0 = int(g.integers(0, H)), int(g.integers(0, W))
+        hh, ww = int(g.integers(H // 10, H // 3)), int(g.integers(W // 10, W // 3))
+        out[y0 : y0 + hh, x0 : x0 + ww] += g.uniform(-40, 40, size=3) * strength
+    return out + base
+
+
+def synthetic_pair(
+    kind: str = "layers",
+    seed: int = 0,
+    shape: tuple[int, int] = (180, 240),
+    max_disparity: float = 32.0,
+    *,
+    gain: float = 1.0,
+    bias: float = 0.0,
+    gamma: float = 1.0,
+    noise: float = 2.0,
+) -> StereoPair:
+    """A generated rectified pair with known disparity: textured layers in front of a slanted
+    background plane, rendered into both views with occlusions.
+
+    Args:
+        kind: ``"layers"`` (fronto-parallel foreground layers: rectangles and ellipses) or
+            ``"planes"`` (slanted foreground planes).
+        seed: the random seed.
+        shape: ``(H, W)`` of the images.
+        max_disparity: the largest disparity in the scene is at most this (full pixels).
+        gain, bias, gamma: exposure change of the right view, ``gain * 255 (I / 255)^gamma + bias``.
+        noise: standard deviation of Gaussian noise added to each view (grey levels).
+
+    Returns a :class:`StereoPair` with uint8 ``[H, W, 3]`` views and float32 ``disparity``
+    ``[H, W]`` of the left view (finite everywhere, occluded pixels included).  Each surface
+    ``k`` has disparity ``a_k + b_k x + c_k y`` (left coordinates) and a texture fixed to it;
+    a pixel of either view shows the surface of largest disparity that covers it there.
+    """
+    from scipy.ndimage import map_coordinates
+
+    if kind not in ("layers", "planes"):
+        raise CRFValueError(f"expected kind 'layers' or 'planes', got {kind!r}")
+    H, W = int(shape[0]), int(shape[1])
+    D = float(max_disparity)
+    if not (H >= 8 and W >= 8 and 2 <= D < W / 2):
+        raise CRFValueError(f"expected shape >= (8, 8) and 2 <= max_disparity < W / 2, got {shape}, {D}")
+    g = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    surfaces = []  # (a, b, c, mask(y, x), texture)
+    lo = g.uniform(0.05, 0.25) * D
+    hi = g.uniform(0.3, 0.5) * D
+    # background: slanted, disparity from lo to hi over the image
+    b_bg, c_bg = g.uniform(-0.5, 0.5) * (hi - lo) / W, (hi - lo) / H * g.uniform(0.3, 1.0)
+    a_bg = lo - min(0.0, b_bg * W)
+    surfaces.append((a_bg, b_bg, c_bg, None, _texture(g, H, W + int(D) + 2, g.uniform(0.5, 1.0))))
+    n_fg = int(g.integers(3, 6))
+    for i in range(n_fg):
+        d0 = hi + (0.85 * D - hi) * (i + g.uniform(0.2, 0.9)) / n_fg
+        if kind == "planes":
+            b, c = g.uniform(-0.15, 0.15) * D / W, g.uniform(-0.15, 0.15) * D / H
+        else:
+            b = c = 0.0
+        cy, cx = g.uniform(0.15, 0.85) * H, g.uniform(0.2, 0.9) * W
+        ry, rx = g.uniform(0.1, 0.3) * H, g.uniform(0.08, 0.25) * W
+        ellipse = bool(g.integers(0, 2))
+        a = d0 - b * cx - c * cy
+        surfaces.append((a, b, c, (cy, cx, ry, rx, ellipse), _texture(g, H, W + int(D) + 2, g.uniform(0.2, 1.0))))
+
+    def covers(spec, y, x):
+        if spec is None:
+            return np.ones_like(x, dtype=bool)
+        cy, cx, ry, rx, ellipse = spec
+        if ellipse:
+            return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+        return (np.abs(y - cy) <= ry) & (np.abs(x - cx) <= rx)
+
+    def render(right: bool):
+        best = np.full((H, W), -np.inf)
+        img = np.zeros((H, W, 3))
+        disp = np.zeros((H, W))
+        for a, b, c, spec, tex in surfaces:
+            # the left x of the surface point seen at this pixel: x - d(x, y) = x_view (right view)
+            x_left = (xs + a + c * ys) / (1.0 - b) if right else xs
+            d = a + b * x_left + c * ys
+            vis = covers(spec, ys, x_left) & (d > best)
+            coords = [ys[vis], x_left[vis]]
+            for ch in range(3):
+                img[..., ch][vis] = map_coordinates(tex[..., ch], coords, order=1, mode="nearest")
+            best = np.where(vis, d, best)
+            disp = np.where(vis, d, disp)
+        return img, disp
+
+    left, disp = render(False)
+    right, _ = render(True)
+    right = np.clip(right, 0, 255)
+    right = float(gain) * 255.0 * (right / 255.0) ** float(gamma) + float(bias)
+    left = left + g.normal(0, noise, left.shape)
+    right = right + g.normal(0, noise, right.shape)
+    to8 = lambda im: np.clip(np.round(im), 0, 255).astype(np.uint8)  # noqa: E731
+    name = f"synthetic-{kind}-{seed}" + ("" if (gain, bias, gamma) == (1.0, 0.0, 1.0) else "-exposure")
+    return StereoPair(to8(left), to8(right), disp.astype(np.float32), name=name)
