@@ -87,6 +87,7 @@ class LocalSearch:
         inc_tab = np.concatenate([np.transpose(tab, (0, 2, 1)), tab]) if E else np.zeros((0, self.L, self.L))
         order = np.argsort(inc_node, kind="stable")
         self.inc_node, self.inc_nbr, self.inc_tab = inc_node[order], inc_nbr[order], inc_tab[order]
+        self._starts = np.searchsorted(self.inc_node, np.arange(self.N + 1))
         self.colours = self._colour_classes()
         self.scale = self._local_scale(hard_score)
 
@@ -184,7 +185,8 @@ class LocalSearch:
                 else:  # heat bath = Gumbel-max
                     new = (cond * inv[:, None, None] + rng.gumbel(size=cond.shape)).argmax(-1)
                 # a class has no edge inside it, so the score changes by the sum of conditional changes
-                S += (np.take_along_axis(cond, new[..., None], -1) - np.take_along_axis(cond, old[..., None], -1)).sum((1, 2))
+                gain = np.take_along_axis(cond, new[..., None], -1) - np.take_along_axis(cond, old[..., None], -1)
+                S += gain.sum((1, 2))
                 X[:, nodes] = new
             k = int(S.argmax())
             if S[k] > best:
@@ -216,6 +218,88 @@ class LocalSearch:
                 return x, sweep + 1
         return x, max_sweeps
 
+    def forest_move(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Exact update of a random induced forest conditioned on the rest (never lowers the score).
+
+        Nodes are taken in random order and join the block when their block neighbours lie in
+        distinct trees (union-find), so the block induces a forest; max-product dynamic
+        programming on each tree, with the other nodes fixed at ``x [N]``, gives its best labels.
+        """
+        N = self.N
+        starts = self._starts
+        parent_uf = np.arange(N)
+
+        def find(a: int) -> int:
+            while parent_uf[a] != a:
+                parent_uf[a] = parent_uf[parent_uf[a]]
+                a = parent_uf[a]
+            return a
+
+        inb = np.zeros(N, dtype=bool)
+        for v in rng.permutation(N).tolist():
+            nb = self.inc_nbr[starts[v] : starts[v + 1]]
+            roots = [find(int(j)) for j in nb[inb[nb]]]
+            if len(roots) == len(set(roots)):
+                inb[v] = True
+                for r in roots:
+                    parent_uf[r] = v
+        # conditional unary: unary + incidences to nodes outside the block
+        out = ~inb[self.inc_nbr]
+        cond = self.unary.copy()
+        np.add.at(cond, self.inc_node[out], self.inc_tab[np.nonzero(out)[0], x[self.inc_nbr[out]]])
+        # root each tree, order nodes by BFS, pass max-product messages leaves -> roots
+        par = np.full(N, -1, dtype=np.int64)
+        par_inc = np.full(N, -1, dtype=np.int64)
+        seen = ~inb
+        order = []
+        for r in np.nonzero(inb)[0].tolist():
+            if seen[r]:
+                continue
+            seen[r] = True
+            queue = [r]
+            while queue:
+                v = queue.pop()
+                order.append(v)
+                for k in range(starts[v], starts[v + 1]):
+                    j = int(self.inc_nbr[k])
+                    if not seen[j]:
+                        seen[j] = True
+                        par[j], par_inc[j] = v, k
+                        queue.append(j)
+        # inc k = (node v, nbr j) holds T[x_j, x_v]; the child j needs the incidence (j, v): T[x_v, x_j]
+        arg = {}
+        for v in reversed(order):
+            p = par[v]
+            if p < 0:
+                continue
+            k = par_inc[v]
+            tab_pv = self.inc_tab[k]  # [x_v (nbr = child), x_p (own)] viewed from the parent p
+            m = tab_pv + cond[v][:, None]  # [L_child, L_parent]
+            arg[v] = m.argmax(0)
+            cond[p] += m.max(0)
+        new = x.copy()
+        for v in order:
+            p = par[v]
+            new[v] = int(cond[v].argmax()) if p < 0 else int(arg[v][new[p]])
+        return new
+
+    def polish(self, x: np.ndarray, rng: np.random.Generator, patience: int = 4, deadline: float = math.inf):
+        """ICM, then random forest moves (each followed by ICM) until ``patience`` in a row gain nothing.
+
+        Returns ``(labels [N], score, icm sweeps, forest moves)``.
+        """
+        x, sweeps = self.icm(x)
+        s, fails, moves = self.score(x), 0, 0
+        while fails < patience and time.perf_counter() < deadline:
+            y, n = self.icm(self.forest_move(x, rng))
+            sweeps, moves = sweeps + n, moves + 1
+            t = self.score(y)
+            if t > s + 1e-12 * (1.0 + abs(s)):
+                x, s, fails = y, t, 0
+            else:
+                fails += 1
+        return x, s, sweeps, moves
+
     def sequential(self, beliefs: np.ndarray, order: np.ndarray) -> np.ndarray:
         """TRW-S-style decoding: node by node, max-marginal plus exact scores to decided neighbours."""
         x = np.full(self.N, -1, dtype=np.int64)
@@ -234,7 +318,8 @@ class LocalSearch:
 def _as_labels(labels, N: int, L: int) -> np.ndarray:
     lab = torch.as_tensor(labels).reshape(-1)
     if lab.numel() != N:
-        raise CRFShapeError(f"expected labels of shape [N] with N = {N}, got {fmt_shape(torch.as_tensor(labels).shape)}")
+        got = fmt_shape(torch.as_tensor(labels).shape)
+        raise CRFShapeError(f"expected labels of shape [N] with N = {N}, got {got}")
     check_labels(lab, "labels", L)
     return lab.long().cpu().numpy().copy()
 
@@ -248,8 +333,9 @@ def improve_labels(
     upper_bound: float | None = None,
     hard_score: float | None = None,
     sweeps: int = 200,
-    replicas: int = 24,
-    t_range: tuple[float, float] = (0.01, 1.0),
+    replicas: int = 8,
+    patience: int = 4,
+    t_range: tuple[float, float] = (0.05, 0.2),
     seed: int = 0,
     tol: float = 1e-9,
 ) -> RoundingResult:
@@ -266,6 +352,7 @@ def improve_labels(
         hard_score: entries ``<= hard_score`` are forbidden (e.g. ``UAIModel.hard_score``).
         sweeps: sweeps of parallel tempering between two ICM polishes of the best labelling.
         replicas: number of tempering replicas (temperatures).
+        patience: forest moves in a row without a gain before a polish stops.
         t_range: lowest and highest temperature, as fractions of the model's typical local spread.
         seed: seed of the random restarts (the search is deterministic given it, except for
             where the time limit cuts it).
@@ -283,23 +370,25 @@ def improve_labels(
     if beliefs is not None:
         b = torch.as_tensor(beliefs).detach().double().cpu().reshape(-1).numpy()
         if b.size != ls.N * ls.L or not np.isfinite(b).all():
-            raise CRFShapeError(f"expected finite beliefs of shape [N, L] = [{ls.N}, {ls.L}], got {fmt_shape(torch.as_tensor(beliefs).shape)}")
+            got = fmt_shape(torch.as_tensor(beliefs).shape)
+            raise CRFShapeError(f"expected finite beliefs of shape [N, L] = [{ls.N}, {ls.L}], got {got}")
         b = b.reshape(ls.N, ls.L)
     init = ls.score(x0)
     reach = None if upper_bound is None else float(upper_bound) - tol * max(1.0, abs(float(upper_bound)))
     best_x, best, won = x0, init, "input"
-    info = {"rounds": 0, "sweeps": 0, "icm_sweeps": 0, "reached_bound": False}
+    info = {"rounds": 0, "sweeps": 0, "icm_sweeps": 0, "forest_moves": 0, "reached_bound": False}
 
     def consider(x: np.ndarray, name: str) -> bool:
         nonlocal best_x, best, won
-        x, n = ls.icm(x)
+        x, s, n, moves = ls.polish(x, rng, patience, deadline=t0 + time_limit)
         info["icm_sweeps"] += n
-        s = ls.score(x)
+        info["forest_moves"] += moves
         if s > best:
             best_x, best, won = x, s, name
             return True
         return False
 
+    rng = np.random.default_rng(seed)
     starts = [(x0, "input")]
     if b is not None:
         starts.append((b.argmax(1), "argmax"))
@@ -307,7 +396,6 @@ def improve_labels(
         starts.append((ls.sequential(b, np.arange(ls.N)[::-1]), "sequential-reversed"))
     for x, name in starts:
         consider(x, name)
-    rng = np.random.default_rng(seed)
     done = lambda: reach is not None and best >= reach  # noqa: E731
     if not done() and time.perf_counter() - t0 < time_limit:
         R = max(int(replicas), 2)
