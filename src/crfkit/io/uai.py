@@ -366,7 +366,8 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
             if k > 2:
                 raise tk.error(
                     f"factor {f} has arity {k} (variables {', '.join(map(str, scope))}): crfkit's "
-                    "models are pairwise only (factors on one or two variables)",
+                    "models are pairwise only (factors on one or two variables; higher-order factors are "
+                    "not supported)",
                     ln,
                 )
             scopes.append(scope)
