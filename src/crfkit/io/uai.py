@@ -259,6 +259,20 @@ def hard_score_for(
     ``unary [N, L]`` and ``tables [E, L, L]`` scores (``-inf`` allowed); the masks say which
     entries are real (within the cardinalities).
     """
+    # Proof that the hard score h = min(0, m) - R - N log L - 64 keeps every bound valid and
+    # decides only feasibility.  Let F be a feasible labelling (no zero entry) and G one that
+    # uses k >= 1 zero entries.  Every term of score(F) is >= its term's smallest finite entry,
+    # so score(F) >= sum_t min_t.  score(G) has k terms equal to h and every other term <= its
+    # largest entry max_t, so score(G) <= k h + sum_t max_t - (min over the replaced terms).
+    # With max_t = min_t + spread_t and sum_t spread_t = R:
+    #   score(G) - score(F) <= k h + R - sum_{replaced} max_t <= h + R - min(0, m) (as k h <= h
+    #   and every replaced max_t >= m >= min(0, m)) = -N log L - 64 < -64.
+    # Hence (i) a maximiser is feasible whenever a feasible labelling exists, (ii) the
+    # probability of all infeasible labellings together is below L^N e^{-N log L - 64} = e^-64
+    # times the best feasible one, and (iii) any upper bound on the finite model (the dual
+    # certificate, the LP) is an upper bound on max score over feasible labellings, because the
+    # feasible labellings score the same in the finite model as in the -inf model.  Tested
+    # against enumeration in tests/test_uai.py and tests/test_rounding.py.
     N, L = unary.shape
     R, m = 0.0, 0.0
     for x, mask in ((unary, unary_mask), (tables, table_mask)):
