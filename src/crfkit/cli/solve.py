@@ -85,6 +85,8 @@ def solve_file(
 ) -> dict:
     """Solve a UAI file; write the result file and its JSON summary; return the summary.
 
+    (Over 80 lines: checks, reading, both tasks and the summary in the order a reader follows.)
+
     Args:
         model_path: the ``.uai`` model. task: ``"MAP"`` or ``"MAR"``.
         evidence_path: an optional ``.evid`` file (observed variables are fixed).

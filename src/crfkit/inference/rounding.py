@@ -341,6 +341,9 @@ def improve_labels(
 ) -> RoundingResult:
     """Improve a labelling of an unbatched ``GraphMRF`` by local search (see the module docstring).
 
+    (Over 80 lines: one pipeline of starts, polish and tempering rounds sharing the best-so-far
+    state and one time budget; splitting it would pass that state around.)
+
     Args:
         mrf: unbatched :class:`~crfkit.GraphMRF` (``unary [N, L]``).
         labels: ``[N]`` the starting labelling (e.g. ``MAPResult.labels``).
