@@ -1,8 +1,14 @@
 """``crfkit solve MODEL.uai --task MAP|MAR``: solve a UAI model file.
 
-MAP: dual decomposition into chains (:func:`crfkit.solve_map`); writes the labelling in the
-competition's ``MAP`` result format, and beside it a JSON with the score of the labelling,
-the dual bound (a certificate: no labelling scores more) and the gap.  MAR: convex belief
+MAP: dual decomposition into chains (:func:`crfkit.solve_map`), then a time-bounded local
+search on its labelling and max-marginals (:func:`crfkit.inference.rounding.improve_labels`,
+``round_time`` seconds, stopping at gap 0; ``0`` keeps only its deterministic polish); or,
+with ``method="exact"``, exact max-product on a forest or enumeration on a small model.
+Writes the labelling in the competition's ``MAP`` result format, and beside it a JSON with the
+score of the labelling, the dual bound (a certificate: no labelling scores more) and the gap.
+A labelling that uses a zero factor value is reported (``feasible: false``); a certificate
+below the lowest score any feasible labelling can have proves the model infeasible, which is
+an error.  The output path is checked for writability before solving.  MAR: convex belief
 propagation (TRW by default, :func:`crfkit.inference.convex_bp.marginals`); writes the
 ``MAR`` result and a JSON with the log-partition estimate (an upper bound for TRW).
 
@@ -31,6 +37,39 @@ def _fmt(x: float) -> str:
     return f"{x:.10g}"
 
 
+MAP_METHODS = ("dd", "exact")
+MAR_METHODS = ("trbp", "bethe", "exact")
+
+
+def check_writable(out: Path) -> None:
+    """Raise a ``ValueError`` now if the result file ``out`` (and ``out.json``) cannot be written."""
+    if out.is_dir():
+        raise ValueError(f"expected --out to be a file path, got a directory: {out}")
+    parent = out.parent if os.fspath(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"expected --out in an existing folder, got {out} (no folder {parent})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"expected --out in a writable folder, got {out} ({parent} is not writable)")
+    for p in (out, Path(os.fspath(out) + ".json")):
+        if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
+            raise ValueError(f"expected a writable result file, got {p} (a directory or read-only)")
+
+
+def _feasible_floor(model) -> float | None:
+    """The lowest score any feasible labelling can have (sum of each term's smallest allowed entry)."""
+    if model.hard_score is None:
+        return None
+    hard = model.hard_score
+    un = model.mrf.unary.detach().double()
+    tab = model.mrf.edge_tables().detach().double()
+    inf = float("inf")
+    lo = un.masked_fill(un <= hard, inf).min(-1).values.sum()
+    if tab.shape[0]:
+        t = tab.reshape(tab.shape[0], -1)
+        lo = lo + t.masked_fill(t <= hard, inf).min(-1).values.sum()
+    return float(lo)
+
+
 def solve_file(
     model_path,
     task: str = "MAP",
@@ -38,11 +77,15 @@ def solve_file(
     evidence_path=None,
     iters: int = 1000,
     out=None,
-    method: str = "trbp",
+    method: str | None = None,
     dtype: str = "float64",
     progress: bool = True,
+    round_time: float = 3.0,
+    seed: int = 0,
 ) -> dict:
     """Solve a UAI file; write the result file and its JSON summary; return the summary.
+
+    (Over 80 lines: checks, reading, both tasks and the summary in the order a reader follows.)
 
     Args:
         model_path: the ``.uai`` model. task: ``"MAP"`` or ``"MAR"``.
@@ -50,7 +93,11 @@ def solve_file(
         iters: MAP: dual-decomposition iterations; MAR: the cap on BP sweeps.
         out: the result file (default: ``MODEL.uai.MAP`` / ``MODEL.uai.MAR`` beside the model);
             the summary goes to ``out + ".json"``.
-        method: MAR only: ``"trbp"`` (default), ``"bethe"`` or ``"exact"``.
+        method: MAP: ``"dd"`` (default, dual decomposition) or ``"exact"`` (forest or small
+            model); MAR: ``"trbp"`` (default), ``"bethe"`` or ``"exact"``.
+        round_time: MAP with ``"dd"``: seconds of local search after the solver (``0``: only
+            its deterministic polish).
+        seed: seed of the local search.
         dtype: ``"float64"`` (default) or ``"float32"``.
         progress: show a progress bar on stderr.
     """
@@ -70,9 +117,16 @@ def solve_file(
         raise ValueError(f"expected task MAP or MAR, got {task!r}")
     if dtype not in ("float64", "float32"):
         raise ValueError(f"expected dtype float64 or float32, got {dtype!r}")
+    allowed = MAP_METHODS if task == "MAP" else MAR_METHODS
+    method = allowed[0] if method is None else str(method).lower()
+    if method not in allowed:
+        raise ValueError(f"expected --method one of {', '.join(allowed)} for task {task}, got {method!r}")
+    if not (isinstance(round_time, (int, float)) and math.isfinite(round_time) and round_time >= 0):
+        raise ValueError(f"expected round_time >= 0 seconds, got {round_time!r}")
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     model_path = Path(model_path)
     out = Path(out) if out is not None else model_path.with_name(model_path.name + "." + task)
+    check_writable(out)
     t0 = time.perf_counter()
     model = read_uai(model_path, dtype=torch_dtype)
     evidence = {}
@@ -97,32 +151,22 @@ def solve_file(
         from tqdm.auto import tqdm
 
     if task == "MAP":
-        from ..inference.dual_decomposition import solve_map
-
-        callback = None
-        if progress:
-            bar = tqdm(total=iters, desc="MAP (dual decomposition)", unit="it", leave=False)
-
-            def callback(info: dict) -> None:
-                bar.update(1)
-                if info["iteration"] % 10 == 0 or info["iteration"] == info["iters"]:
-                    bar.set_postfix(
-                        bound=_fmt(float(info["certificate"].max())),
-                        score=_fmt(float(info["primal"].max())),
-                        refresh=False,
-                    )
-
         t1 = time.perf_counter()
-        try:
-            res = solve_map(mrf, iters=iters, callback=callback)
-        finally:
-            if bar is not None:
-                bar.close()
-        labels = res.labels.reshape(-1)
-        score = float(res.primal.reshape(-1)[0]) + model.constant
-        bound = float(res.dual.reshape(-1)[0]) + model.constant
+        if method == "exact":
+            labels, rinfo, bound = _exact_map(mrf), None, None
+        else:
+            labels, bound, iterations, rinfo = _dd_map(model, iters, progress, round_time, seed)
+        score = float(mrf.score(labels)) + model.constant
+        bound = score if bound is None else bound + model.constant
+        floor = _feasible_floor(model)
+        if floor is not None and bound < floor + model.constant - 1e-9 * max(1.0, abs(floor)):
+            raise ValueError(
+                f"{model_path}: the model is infeasible: the certificate {bound:.10g} is below the lowest score "
+                f"{floor + model.constant:.10g} of any labelling that avoids zero factor values"
+            )
         summary.update(
             {
+                "method": method,
                 "score": score,
                 "dual_bound": bound,
                 "gap": max(0.0, bound - score),
@@ -130,7 +174,8 @@ def solve_file(
                 "log10_score": score / math.log(10.0),
                 "log10_dual_bound": bound / math.log(10.0),
                 "feasible": bool(model.is_feasible(labels)),
-                "iterations": int(res.iterations),
+                "iterations": 0 if method == "exact" else int(iterations),
+                "rounding": rinfo,
                 "solve_seconds": time.perf_counter() - t1,
             }
         )
@@ -168,6 +213,46 @@ def solve_file(
     return summary
 
 
+def _exact_map(mrf):
+    from ..inference.exact import enumerate_mrf, is_forest, tree_max_product
+
+    res = tree_max_product(mrf) if is_forest(mrf) else enumerate_mrf(mrf)
+    return res.labels.reshape(-1)
+
+
+def _dd_map(model, iters: int, progress: bool, round_time: float, seed: int):
+    """Dual decomposition, then local search; returns (labels [N], bound, iterations, rounding info)."""
+    from ..inference.dual_decomposition import solve_map
+    from ..inference.rounding import improve_labels
+
+    mrf = model.mrf
+    bar, callback = None, None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=iters, desc="MAP (dual decomposition)", unit="it", leave=False)
+
+        def callback(info: dict) -> None:
+            bar.update(1)
+            if info["iteration"] % 10 == 0 or info["iteration"] == info["iters"]:
+                bar.set_postfix(
+                    bound=_fmt(float(info["certificate"].max())), score=_fmt(float(info["primal"].max())), refresh=False
+                )
+
+    try:
+        res = solve_map(mrf, iters=iters, callback=callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    bound = float(res.dual.reshape(-1)[0])
+    r = improve_labels(
+        mrf, res.labels.reshape(-1), res.marginals.reshape(mrf.num_nodes, -1), time_limit=round_time,
+        upper_bound=bound, hard_score=model.hard_score, seed=seed,
+    )
+    info = dict(r.info, solver_score=r.initial_score + model.constant)
+    return r.labels, bound, res.iterations, info
+
+
 def register(app) -> None:
     """Add the ``solve`` command to the ``crfkit`` typer app."""
     import typer
@@ -202,9 +287,19 @@ def register(app) -> None:
             ),
         ] = None,
         method: Annotated[
-            str,
-            typer.Option("--method", help="MAR only: trbp (upper bound on log Z), bethe or exact."),
-        ] = "trbp",
+            Optional[str],  # noqa: UP045
+            typer.Option(
+                "--method",
+                help="MAP: dd (dual decomposition, default) or exact; MAR: trbp (upper bound on log Z, "
+                "default), bethe or exact.",
+            ),
+        ] = None,
+        round_time: Annotated[
+            float,
+            typer.Option(
+                "--round-time", min=0.0, help="MAP: seconds of local search after the solver (0: polish only)."
+            ),
+        ] = 3.0,
         dtype: Annotated[str, typer.Option("--dtype", help="float64 or float32.")] = "float64",
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     ) -> None:
@@ -221,8 +316,9 @@ def register(app) -> None:
                 method=method,
                 dtype=dtype,
                 progress=not quiet,
+                round_time=round_time,
             )
-        except (CRFValueError, CRFTypeError, ValueError, ImportError) as err:
+        except (CRFValueError, CRFTypeError, ValueError, ImportError, OSError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(code=2) from None
         typer.echo(f"{s['task']} of {s['model']}: {s['variables']} variables, {s['edges']} edges")
@@ -232,7 +328,7 @@ def register(app) -> None:
             typer.echo(f"gap         {_fmt(s['gap'])}  (relative {s['relative_gap']:.3g})")
             if not s["feasible"]:
                 typer.echo(
-                    "warning: the labelling uses a zero factor value (no feasible labelling found)",
+                    "warning: no feasible labelling found: the labelling uses a zero factor value",
                     err=True,
                 )
         else:

@@ -205,7 +205,10 @@ def _log_value(t: str) -> float:
         if m is not None:
             mant = float(m.group(1))
             if mant > 0.0:
-                return math.log(mant) + int(m.group(2)) * math.log(10.0)
+                exp10 = int(m.group(2))
+                if abs(exp10) > 100_000:
+                    raise OverflowError(f"decimal exponent {exp10} is beyond +-100000")
+                return math.log(mant) + exp10 * math.log(10.0)
         if v > 0.0:
             return math.log(v)
     return -math.inf
@@ -225,7 +228,10 @@ def _values_slow(tokens: _Tokens, count: int, what: str) -> np.ndarray:
             )
         if math.isnan(v) or (math.isinf(v) and _DECIMAL.match(t) is None):
             raise tokens.error(f"expected a finite number in {what}, got {t!r}", ln)
-        out[k] = _log_value(t)
+        try:
+            out[k] = _log_value(t)
+        except OverflowError as err:
+            raise tokens.error(f"expected a factor value within float range in {what}, got {t!r} ({err})", ln) from None
     return out
 
 
@@ -253,6 +259,20 @@ def hard_score_for(
     ``unary [N, L]`` and ``tables [E, L, L]`` scores (``-inf`` allowed); the masks say which
     entries are real (within the cardinalities).
     """
+    # Proof that the hard score h = min(0, m) - R - N log L - 64 keeps every bound valid and
+    # decides only feasibility.  Let F be a feasible labelling (no zero entry) and G one that
+    # uses k >= 1 zero entries.  Every term of score(F) is >= its term's smallest finite entry,
+    # so score(F) >= sum_t min_t.  score(G) has k terms equal to h and every other term <= its
+    # largest entry max_t, so score(G) <= k h + sum_t max_t - (min over the replaced terms).
+    # With max_t = min_t + spread_t and sum_t spread_t = R:
+    #   score(G) - score(F) <= k h + R - sum_{replaced} max_t <= h + R - min(0, m) (as k h <= h
+    #   and every replaced max_t >= m >= min(0, m)) = -N log L - 64 < -64.
+    # Hence (i) a maximiser is feasible whenever a feasible labelling exists, (ii) the
+    # probability of all infeasible labellings together is below L^N e^{-N log L - 64} = e^-64
+    # times the best feasible one, and (iii) any upper bound on the finite model (the dual
+    # certificate, the LP) is an upper bound on max score over feasible labellings, because the
+    # feasible labellings score the same in the finite model as in the -inf model.  Tested
+    # against enumeration in tests/test_uai.py and tests/test_rounding.py.
     N, L = unary.shape
     R, m = 0.0, 0.0
     for x, mask in ((unary, unary_mask), (tables, table_mask)):
@@ -269,6 +289,72 @@ def hard_score_for(
     return m - R - N * math.log(max(L, 1)) - HARD_MARGIN
 
 
+MAX_DENSE_ENTRIES = 1 << 28
+"""The largest ``N * L + E * L * L`` (dense unary and per-edge tables) a model may need (2 GiB in float64)."""
+
+
+def _read_cardinalities(tk: _Tokens) -> tuple[int, np.ndarray]:
+    """The number of variables and their cardinalities, checked against the lines they are on.
+
+    The cardinalities must not end in the middle of a line (a wrong variable count would
+    otherwise shift every later number and surface as a different error further down).
+    """
+    n_line = tk.line()
+    N = tk.int("the number of variables", lo=1)
+    left = len(tk.toks) - tk.pos
+    if N > left:
+        raise tk.error(
+            f"expected the cardinalities of {N} variables, the file has only {left} numbers left "
+            "(is the number of variables right?)",
+            n_line,
+        )
+    c_line = tk.line()
+    cards = np.array([tk.int(f"the cardinality of variable {i}", lo=1) for i in range(N)], dtype=np.int64)
+    last = tk.lines[tk.pos - 1]
+    card_lines = tk.lines[tk.pos - N : tk.pos]
+    if last != c_line and card_lines.count(last) == 1 and card_lines.count(c_line) > 1:
+        raise tk.error(
+            f"expected {N} cardinalities (the number of variables on line {n_line}), got "
+            f"{card_lines.count(c_line)} on line {c_line}",
+            c_line,
+        )
+    if not tk.at_end() and tk.lines[tk.pos] == last:
+        on_line = sum(1 for ln in tk.lines if ln == last)
+        raise tk.error(
+            f"expected {N} cardinalities (the number of variables on line {n_line}), got more: "
+            f"line {last} holds {on_line} numbers" + (f" after line {c_line}" if last != c_line else ""),
+            last,
+        )
+    return N, cards
+
+
+def _check_factor_count(tk: _Tokens, F: int, F_line: int, err: UAIFormatError) -> None:
+    """On an error after the header, say so if the number of factors (line ``F_line``) is wrong.
+
+    Scope lines follow the factor count, one per factor (``k v_1 ... v_k`` on one line); if the
+    run of such lines is not ``F`` long, the header is the likely culprit.
+    """
+    by_line: dict[int, list[str]] = {}
+    for t, ln in zip(tk.toks, tk.lines):
+        if ln > F_line:
+            by_line.setdefault(ln, []).append(t)
+    count = 0
+    for ln in sorted(by_line):
+        toks = by_line[ln]
+        try:
+            vals = [int(t) for t in toks]
+        except ValueError:
+            break
+        if vals[0] != len(vals) - 1 or (count >= F and len(vals) == 1):
+            break
+        count += 1
+    if count != F and count > 0:
+        raise UAIFormatError(
+            f"{tk.name}, line {F_line}: expected the number of factors to match the {count} scope lines "
+            f"that follow it, got {F} ({err})"
+        ) from None
+
+
 def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.float64) -> UAIModel:
     """Parse the text of a UAI ``MARKOV`` model file (see the module docstring)."""
     tk = _Tokens(text, name)
@@ -277,27 +363,41 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
         raise tk.error("BAYES networks are not supported: crfkit reads MARKOV networks only", ln)
     if kind.upper() != "MARKOV":
         raise tk.error(f"expected the network type MARKOV, got {kind!r}", ln)
-    N = tk.int("the number of variables", lo=1)
-    cards = np.array(
-        [tk.int(f"the cardinality of variable {i}", lo=1) for i in range(N)], dtype=np.int64
-    )
+    N, cards = _read_cardinalities(tk)
+    F_line = tk.line()
     F = tk.int("the number of factors", lo=0)
+    left = len(tk.toks) - tk.pos
+    if F > left:
+        raise tk.error(f"expected at most {left} factors (the tokens left in the file), got {F}", F_line)
     scopes, scope_lines = [], []
-    for f in range(F):
-        ln = tk.line()
-        k = tk.int(f"the number of variables of factor {f}", lo=0)
-        if k > 2:
-            raise tk.error(
-                f"factor {f} has {k} variables: crfkit supports unary and pairwise factors only "
-                "(higher-order factors are not supported)",
-                ln,
-            )
-        scope = [tk.int(f"a variable index of factor {f}", lo=0, hi=N - 1) for _ in range(k)]
-        if k == 2 and scope[0] == scope[1]:
-            raise tk.error(f"factor {f} has the same variable twice in its scope ({scope[0]})", ln)
-        scopes.append(scope)
-        scope_lines.append(ln)
+    try:
+        for f in range(F):
+            ln = tk.line()
+            k = tk.int(f"the number of variables of factor {f}", lo=0, hi=N)
+            scope = [tk.int(f"a variable index of factor {f}", lo=0, hi=N - 1) for _ in range(k)]
+            if len(set(scope)) != k:
+                raise tk.error(f"factor {f} has the same variable twice in its scope {scope}", ln)
+            if k > 2:
+                raise tk.error(
+                    f"factor {f} has arity {k} (variables {', '.join(map(str, scope))}): crfkit's "
+                    "models are pairwise only (factors on one or two variables; higher-order factors are "
+                    "not supported)",
+                    ln,
+                )
+            scopes.append(scope)
+            scope_lines.append(ln)
+    except UAIFormatError as err:
+        _check_factor_count(tk, F, F_line, err)
+        raise
     L = int(cards.max())
+    pairs = {tuple(sorted(sc)) for sc in scopes if len(sc) == 2}
+    dense = N * L + len(pairs) * L * L
+    if dense > MAX_DENSE_ENTRIES:
+        raise tk.error(
+            f"expected a model whose dense tables (N*L + E*L*L) fit in {MAX_DENSE_ENTRIES} entries, got "
+            f"{dense} (N = {N}, E = {len(pairs)}, largest cardinality L = {L})",
+            tk.line(),
+        )
     unary = np.zeros((N, L), dtype=np.float64)
     unary_mask = np.arange(L)[None, :] < cards[:, None]
     edge_index: dict[tuple[int, int], int] = {}
@@ -310,12 +410,14 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
         try:
             count = tk.int(f"the number of entries of factor {f}'s table", lo=0)
         except UAIFormatError as err:
+            _check_factor_count(tk, F, F_line, err)
             if f == 0:
                 raise
             raise UAIFormatError(
                 f"{err} (is factor {f - 1}'s table, before it, truncated or too long?)"
             ) from None
         if count != expected:
+            _check_factor_count(tk, F, F_line, tk.error(f"factor {f}'s table size {count} != {expected}", ln))
             shape = " x ".join(str(int(cards[v])) for v in scope) or "a constant"
             hint = f" (is factor {f - 1}'s table, before it, truncated or too long?)" if f else ""
             raise tk.error(
@@ -323,6 +425,14 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
                 f"got {count}{hint}",
                 ln,
             )
+        left = len(tk.toks) - tk.pos
+        if count > left:
+            err = tk.error(
+                f"expected factor {f}'s {count} table entries (declared on line {ln}), the file ended after {left}",
+                tk.last_line,
+            )
+            _check_factor_count(tk, F, F_line, err)
+            raise err
         vals = _values(tk, count, f"factor {f}'s table")
         if not scope:
             if vals[0] == -math.inf:
@@ -389,12 +499,25 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
     )
 
 
+def _read_text(path, what: str) -> str:
+    """The text of a UAI-family file; a file that is not UTF-8 text gets a one-line error naming it."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise UAIFormatError(
+            f"{path}, line {line}: expected a {what} (UTF-8 text), got byte 0x{raw[err.start]:02x} at offset "
+            f"{err.start}, which is not text (a binary or non-UTF-8 file?)"
+        ) from None
+
+
 def read_uai(path, *, dtype: torch.dtype = torch.float64) -> UAIModel:
     """Read a UAI ``MARKOV`` model file into a :class:`UAIModel` (see the module docstring)."""
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return parse_uai(text, name=path, dtype=dtype)
+    return parse_uai(_read_text(path, "UAI model file"), name=path, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- writing
@@ -515,8 +638,7 @@ def parse_evidence(text: str, name: str = "<string>", *, cardinalities=None) -> 
 def read_evidence(path, *, cardinalities=None) -> dict[int, int]:
     """Read a ``.evid`` file (see :func:`parse_evidence`)."""
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        return parse_evidence(f.read(), name=path, cardinalities=cardinalities)
+    return parse_evidence(_read_text(path, "UAI evidence file"), name=path, cardinalities=cardinalities)
 
 
 def apply_evidence(model: UAIModel, evidence: Mapping[int, int]) -> UAIModel:
@@ -588,8 +710,7 @@ def write_mar_result(path, marginals, cardinalities) -> None:
 
 def _result_tokens(path, header: str) -> _Tokens:
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        tk = _Tokens(f.read(), path)
+    tk = _Tokens(_read_text(path, f"{header} result file"), path)
     t, ln = tk.next(f"the header {header}")
     if t != header:
         raise tk.error(f"expected the header {header}, got {t!r}", ln)
