@@ -35,7 +35,10 @@ ALLOWED = {
     "nn": {"models", "decomposition", "ops", "inference"},
     "data": {"models", "decomposition", "ops", "inference", "learning", "io"},
     "training": {"models", "decomposition", "ops", "inference", "learning", "nn", "data", "io"},
-    "cli": {"models", "decomposition", "ops", "inference", "learning", "nn", "data", "io", "training", "crfkit"},
+    "stereo": {"models", "decomposition", "ops", "inference", "data", "io"},
+    "cli": {
+        "models", "decomposition", "ops", "inference", "learning", "nn", "data", "io", "training", "stereo", "crfkit"
+    },
 }
 
 # Files outside the arch-structure branch that still hold functions over 80 lines without a reason in
@@ -50,13 +53,20 @@ LONG_FUNCTION_PENDING = {
     "crfkit/cli/stereo.py",
     "crfkit/cli/solve.py",
     "crfkit/data/stereo.py",
+    "crfkit/cli/learn.py",
+    "crfkit/cli/segment.py",
+    "crfkit/data/synthetic.py",
+    "crfkit/inference/lp.py",
+    "crfkit/inference/rounding.py",
+    "crfkit/learning/learners.py",
+    "crfkit/training/loop.py",
 }
 
 # Import cycles (through a function-level import) in files outside this branch (issue 13, core half). Remove when fixed.
-CYCLE_PENDING = {frozenset({"crfkit.ops.chain.custom_op", "crfkit.ops.chain.triton"})}
+CYCLE_PENDING: set[frozenset[str]] = set()
 
 # Files outside this branch that still cite the working material (models/ is the core half's).
-CITATION_PENDING = {"src/crfkit/models/pairwise.py"}
+CITATION_PENDING: set[str] = set()
 
 
 def _module_name(path: Path) -> str:

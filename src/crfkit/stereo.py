@@ -261,7 +261,7 @@ def match(
 
     Returns a :class:`StereoResult` (disparity at full resolution, score, bound, gap, timing).
     """
-    from . import solve_map
+    from .inference.dual_decomposition import solve_map
 
     t_start = time.perf_counter()
     lft, rgt, D, f = check_pair(left, right, max_disparity, scale)

@@ -43,6 +43,7 @@ __all__ = [
     "DISTANCE_TRANSFORM",
     "POTTS_CLOSED_FORM",
     "fast_path_name",
+    "label_distance_table",
 ]
 
 DISTANCE_TRANSFORM = "distance transform"
@@ -65,9 +66,16 @@ def fast_path_name(gamma: float, truncation: float, nonneg: bool | None) -> str 
     return None
 
 
-def _distance_table(L: int, truncation: float, dtype, device) -> torch.Tensor:
-    from .pairwise import label_distance_table
+def label_distance_table(num_labels: int, truncation: float, *, dtype=None, device=None) -> torch.Tensor:
+    """``[L, L]`` table ``-min(|a - c|, truncation)`` (the unit-weight truncated-linear table).
 
+    The one definition of the truncated distance in crfkit: every form, chain backend and
+    reference derives it from here."""
+    idx = torch.arange(num_labels, device=device, dtype=dtype or torch.float32)
+    return -(idx[:, None] - idx[None, :]).abs().clamp(max=float(truncation))
+
+
+def _distance_table(L: int, truncation: float, dtype, device) -> torch.Tensor:
     return label_distance_table(L, truncation, dtype=dtype, device=device)
 
 

@@ -43,6 +43,7 @@ from .chain_pairwise import (
     TruncatedLinearChainPairwise,
     WeightedChainPairwise,
     fast_path_name,
+    label_distance_table,
 )
 
 __all__ = [
@@ -56,15 +57,6 @@ __all__ = [
     "as_form",
     "label_distance_table",
 ]
-
-
-def label_distance_table(num_labels: int, truncation: float, *, dtype=None, device=None) -> torch.Tensor:
-    """``[L, L]`` table ``-min(|a - c|, truncation)`` (the unit-weight truncated-linear table).
-
-    The one definition of the truncated distance in crfkit: every form, chain backend and
-    reference derives it from here."""
-    idx = torch.arange(num_labels, device=device, dtype=dtype or torch.float32)
-    return -(idx[:, None] - idx[None, :]).abs().clamp(max=float(truncation))
 
 
 def coerce_weight(weight, name: str) -> torch.Tensor | float:

@@ -77,7 +77,16 @@ def _load_torch():
 def _load_triton():
     from .triton import chain_marginals_triton
 
-    return chain_marginals_triton
+    def run(unary, pairwise, lengths, gamma, *, allow_sync=True):
+        if _is_compiling():
+            # under torch.compile: the registered custom op, opaque to the compiler (no graph break)
+            from .custom_op import REGISTERED, chain_marginals_op
+
+            if REGISTERED:
+                return chain_marginals_op(unary, pairwise, lengths, gamma)
+        return chain_marginals_triton(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+
+    return run
 
 
 def _triton_available() -> bool:

@@ -842,12 +842,6 @@ def chain_marginals_triton(
             "the Triton chain kernels need triton (pip install 'crfkit[gpu]') and a CUDA device "
             "(or TRITON_INTERPRET=1 set before importing crfkit.ops.chain.triton)"
         )
-    if config is None and torch.compiler.is_compiling():
-        # under torch.compile: the registered custom op, opaque to the compiler (no graph break)
-        from .custom_op import REGISTERED, chain_marginals_op
-
-        if REGISTERED:
-            return chain_marginals_op(unary, pairwise, lengths, gamma)
     gamma = validate_chain_inputs(unary, pairwise, lengths, gamma)
     if not unary.is_cuda and not INTERPRET:
         raise CRFValueError(f"expected CUDA tensors for the Triton kernels, got {unary.device}")
