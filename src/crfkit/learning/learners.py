@@ -1,6 +1,6 @@
 """Learning by the variational likelihood: full BP, inner-dual and block BP learning (BBPL).
 
-Objective (``MATH.md``), over instances ``k`` with ``M_k`` observed labellings each and
+Objective (``docs/maths.md``, "Learning"), over instances ``k`` with ``M_k`` observed labellings each and
 ``M = Σ_k M_k``:
 
     J(w) = (1/M) Σ_k [ M_k A_k(F_k w) − ⟨F_k w, Σ_m y_{k,m}⟩ ] + (κ/2) ‖w‖²
@@ -332,7 +332,7 @@ def fit(
     distributed: bool = False,
     progress: bool = False,
 ) -> FitResult:
-    """Learn potentials by the variational likelihood (``MATH.md``).
+    """Learn potentials by the variational likelihood (``docs/maths.md``, "Learning").
 
     Args:
         mrf_or_model: a :class:`crfkit.GraphMRF` (one parameter per potential entry; its potentials
