@@ -381,22 +381,9 @@ if _HAS_TRITON:
     # backward, tiles (every kind; gamma == 0 from the saved arg-max indices)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _bwd_tile_kernel(
-        U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
-        gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
-        tl.constexpr, BLOCK_J: tl.constexpr
-    ):
-        """Backward of the tiled forward: the two adjoint passes of the module docs, then ``d unary``.
-
-        Longer than 80 lines: a Triton kernel keeps its loops in one program (the passes share
-        the chain masks and pointers, and a helper per pass would take two dozen arguments)."""
-        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
-        base2 = (c64 * n * L)[:, None]
-        c3 = c64[:, None, None]
-        cm3 = cmask[:, None, None]
-        lab_i = tl.arange(0, BLOCK_I)
+    def _bwd_init(DM, DU, GS, base2, cmask, n, L, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
+        """Start of the backward: ``dx`` is zero at the last position, ``G_0 = dM'_0``."""
         lab_j = tl.arange(0, BLOCK_J)
-        # DU holds dx (the adjoint flowing out of the left-to-right messages) until the end.
         for j0 in range(0, L, BLOCK_J):
             lj = j0 + lab_j
             m2 = cmask[:, None] & (lj < L)[None, :]
@@ -410,8 +397,17 @@ if _HAS_TRITON:
                 tl.load(DM + base2 + lj[None, :], mask=m2, other=0.0),
                 mask=m2,
             )
-        tl.debug_barrier()
-        # -- pass 1: k = n-2 .. 0, dx_k(a) = Σ_c w_f(a, c) F_{k+1}(c)
+
+    @triton.jit
+    def _bwd_dx_pass(
+        U, PHI, WGT, F, RF, DM, DU, base2, c3, cm3, cmask, length, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
+        inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+        BLOCK_J: tl.constexpr
+    ):
+        """Pass 1, ``k = n-2 .. 0``: ``dx_k(a) = Σ_c w_f(a, c) F_{k+1}(c)`` into ``DU``, with
+        ``F_{k+1} = dM_{k+1} + dx_{k+1}`` (``w_f`` the arg-max indicator at ``gamma == 0``)."""
+        lab_i = tl.arange(0, BLOCK_I)
+        lab_j = tl.arange(0, BLOCK_J)
         for i in range(0, n - 1):
             k = n - 2 - i
             ev = (k < length - 1)[:, None]
@@ -446,6 +442,65 @@ if _HAS_TRITON:
                     acc += tl.sum(wf * fa[:, None, :], axis=2)
                 tl.store(DU + base2 + k * L + ai[None, :], tl.where(ev, acc, 0.0), mask=m2a)
             tl.debug_barrier()
+
+    @triton.jit
+    def _bwd_store_dphi(PHI, WGT, DPHI, DTAB, dphi, dw_acc, c3, c64, cmask, m3, a3, b3, k, n, L, s_pc, s_pa, s_pb,
+                        s_wc, s_wk, trunc, KIND: tl.constexpr):
+        """Hand one tile's ``dphi_k(a, c)`` to the form's tensors: the table itself (dense), or
+        ``w * dphi`` into the shared table and ``Σ dphi * t`` into the weight (weight x table), or
+        ``-Σ dphi * min(|a - c|, T)`` into the weight (truncated linear). Returns ``dw_acc``."""
+        if KIND == 0:
+            tl.store(
+                DPHI + c3 * ((n - 1) * L * L) + k * (L * L) + a3 * L + b3, dphi, mask=m3
+            )
+        elif KIND == 1:
+            w = tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(
+                tl.float32
+            )
+            pt = DTAB + c3 * (L * L) + a3 * L + b3
+            tl.store(
+                pt, tl.load(pt, mask=m3, other=0.0) + w[:, None, None] * dphi, mask=m3
+            )
+            # phi = w * t, so dw = Σ dphi * t = Σ dphi * phi / w; take t directly
+            t = tl.load(PHI + c3 * s_pc + a3 * s_pa + b3 * s_pb, mask=m3, other=0.0)
+            dw_acc += tl.sum(tl.sum(dphi * t.to(tl.float32), axis=2), axis=1)
+        else:
+            d = tl.minimum(tl.abs(a3 - b3).to(tl.float32), trunc)
+            dw_acc -= tl.sum(tl.sum(dphi * d, axis=2), axis=1)
+        return dw_acc
+
+    @triton.jit
+    def _bwd_finish(DU, GS, base2, cmask, n, L, BLOCK_J: tl.constexpr):
+        """``d unary = dx + G`` (``G`` already holds ``dM' + dy``), into ``DU``."""
+        lab_j = tl.arange(0, BLOCK_J)
+        for k in range(0, n):
+            for j0 in range(0, L, BLOCK_J):
+                lj = j0 + lab_j
+                m2 = cmask[:, None] & (lj < L)[None, :]
+                ptr = base2 + k * L + lj[None, :]
+                tot = tl.load(DU + ptr, mask=m2, other=0.0) + tl.load(GS + ptr, mask=m2, other=0.0)
+                tl.store(DU + ptr, tot, mask=m2)
+
+    @triton.jit
+    def _bwd_tile_kernel(
+        U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
+        gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
+        tl.constexpr, BLOCK_J: tl.constexpr
+    ):
+        """Backward of the tiled forward: the two adjoint passes of the module docs, then ``d unary``.
+
+        ``DU`` holds ``dx`` (the adjoint flowing out of the left-to-right messages) until the end;
+        ``GS`` holds ``G``."""
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
+        base2 = (c64 * n * L)[:, None]
+        c3 = c64[:, None, None]
+        cm3 = cmask[:, None, None]
+        lab_i = tl.arange(0, BLOCK_I)
+        lab_j = tl.arange(0, BLOCK_J)
+        _bwd_init(DM, DU, GS, base2, cmask, n, L, BLOCK_C, BLOCK_J)
+        tl.debug_barrier()
+        _bwd_dx_pass(U, PHI, WGT, F, RF, DM, DU, base2, c3, cm3, cmask, length, n, L, s_pc, s_pk, s_pa, s_pb,
+                     s_wc, s_wk, inv_gamma, trunc, KIND, IS_MAX, BLOCK_C, BLOCK_I, BLOCK_J)
         # -- pass 2: k = 0 .. n-2, G_{k+1} = dM_{k+1} + Σ_a G_k(a) w_g(a, ·); dphi_k
         for k in range(0, n - 1):
             ev = k < length - 1
@@ -495,36 +550,13 @@ if _HAS_TRITON:
                     tg = tl.where(keep, ga[:, :, None] * wg, 0.0)
                     dphi = tl.where(keep, wf * fa[:, None, :], 0.0) + tg
                     dy += tl.sum(tg, axis=1)
-                    if KIND == 0:
-                        tl.store(
-                            DPHI + c3 * ((n - 1) * L * L) + k * (L * L) + a3 * L + b3, dphi, mask=m3
-                        )
-                    elif KIND == 1:
-                        w = tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(
-                            tl.float32
-                        )
-                        pt = DTAB + c3 * (L * L) + a3 * L + b3
-                        tl.store(
-                            pt, tl.load(pt, mask=m3, other=0.0) + w[:, None, None] * dphi, mask=m3
-                        )
-                        # phi = w * t, so dw = Σ dphi * t = Σ dphi * phi / w; take t directly
-                        t = tl.load(PHI + c3 * s_pc + a3 * s_pa + b3 * s_pb, mask=m3, other=0.0)
-                        dw_acc += tl.sum(tl.sum(dphi * t.to(tl.float32), axis=2), axis=1)
-                    else:
-                        d = tl.minimum(tl.abs(a3 - b3).to(tl.float32), trunc)
-                        dw_acc -= tl.sum(tl.sum(dphi * d, axis=2), axis=1)
+                    dw_acc = _bwd_store_dphi(PHI, WGT, DPHI, DTAB, dphi, dw_acc, c3, c64, cmask, m3, a3, b3, k, n, L,
+                                             s_pc, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
                 tl.store(GS + pc, tl.where(ev2, dm1 + dy, 0.0), mask=m2c)
             if KIND != 0:
                 tl.store(DW + c64 * (n - 1) + k, tl.where(ev, dw_acc, 0.0), mask=cmask)
             tl.debug_barrier()
-        # -- d unary = dx + G (G already holds dM' + dy)
-        for k in range(0, n):
-            for j0 in range(0, L, BLOCK_J):
-                lj = j0 + lab_j
-                m2 = cmask[:, None] & (lj < L)[None, :]
-                ptr = base2 + k * L + lj[None, :]
-                tot = tl.load(DU + ptr, mask=m2, other=0.0) + tl.load(GS + ptr, mask=m2, other=0.0)
-                tl.store(DU + ptr, tot, mask=m2)
+        _bwd_finish(DU, GS, base2, cmask, n, L, BLOCK_J)
 
     # ---------------------------------------------------------------------------------------
     # backward, Potts closed form (gamma > 0), O(L)
