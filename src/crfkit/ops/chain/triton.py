@@ -71,12 +71,12 @@ import os
 import torch
 
 from ..._validation import CRFValueError
-from ...decomposition.chains import ChainPairwise
+from ...decomposition.chains import ChainPairwise, DenseChainPairwise
 from ...models.chain_pairwise import DISTANCE_TRANSFORM, POTTS_CLOSED_FORM
 from .checks import check_chain_inputs
 from .semiring import smax, smax_weights
 
-__all__ = ["AVAILABLE", "INTERPRET", "chain_marginals_triton", "chain_forward", "chain_backward"]
+__all__ = ["AVAILABLE", "INTERPRET", "chain_marginals_triton", "chain_forward", "chain_backward", "as_kernel_form"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
@@ -828,6 +828,15 @@ class _ChainTriton(torch.autograd.Function):
         return d_unary, d_tables, d_weight, None, None, None, None, None
 
 
+def as_kernel_form(pairwise: ChainPairwise, num_labels: int) -> ChainPairwise:
+    """``pairwise`` itself when these kernels know its kind (dense, weighted, truncated linear),
+    else its dense tables as a dense form: a new chain form runs here without a kernel of its own
+    (autograd carries the tables' gradient back to the form's tensors)."""
+    if pairwise.kind in _KIND_CODE:
+        return pairwise
+    return DenseChainPairwise(tables=pairwise.dense(num_labels))
+
+
 def validate_chain_inputs(unary, pairwise, lengths, gamma) -> float:
     """The shared input checks without the host read of ``lengths`` (no device sync, and
     traceable by ``torch.compile``)."""
@@ -869,5 +878,6 @@ def chain_marginals_triton(
     gamma = validate_chain_inputs(unary, pairwise, lengths, gamma)
     if not unary.is_cuda and not INTERPRET:
         raise CRFValueError(f"expected CUDA tensors for the Triton kernels, got {unary.device}")
+    pairwise = as_kernel_form(pairwise, unary.shape[-1])
     tables, weight = pairwise.tensors()
     return _ChainTriton.apply(unary, tables, weight, lengths, gamma, pairwise, config, allow_sync)
