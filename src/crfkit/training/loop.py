@@ -98,6 +98,11 @@ def build_datasets(cfg: Config, *, train: bool = True, val: bool = True):
             else None
         )
         return tr, va
+    def from_disk(split: str, transform):
+        return build_dataset(
+            d.name, split, transform, root=d.root or None, sbd_root=d.sbd_root or None, seed=cfg.train.seed
+        )
+
     tr = va = None
     if train:
         tt = TrainTransform(
@@ -109,24 +114,9 @@ def build_datasets(cfg: Config, *, train: bool = True, val: bool = True):
             contrast=d.contrast,
             saturation=d.saturation,
         )
-        tr = build_dataset(
-            d.name,
-            d.train_split,
-            tt,
-            root=d.root or None,
-            sbd_root=d.sbd_root or None,
-            seed=cfg.train.seed,
-        )
+        tr = from_disk(d.train_split, tt)
     if val and d.val_split:
-        et = EvalTransform(pad_to=d.eval_pad_to or None)
-        va = build_dataset(
-            d.name,
-            d.val_split,
-            et,
-            root=d.root or None,
-            sbd_root=d.sbd_root or None,
-            seed=cfg.train.seed,
-        )
+        va = from_disk(d.val_split, EvalTransform(pad_to=d.eval_pad_to or None))
     return tr, va
 
 
