@@ -352,38 +352,29 @@ if _HAS_TRITON:
         U, F, G, LEN, MARG, VAL, C, n, L, gamma, inv_gamma, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_L: tl.constexpr
     ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        base2 = (offs_c.to(tl.int64) * n * L)[:, None]
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
+        base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
         run_m = tl.full([BLOCK_C], float("-inf"), tl.float32)
         run_s = tl.zeros([BLOCK_C], tl.float32)
+        run_i = tl.zeros([BLOCK_C], tl.int32)
         for k in range(0, n):
             pv = (k < length)[:, None]
             for l0 in range(0, L, BLOCK_L):
-                lj = l0 + lab
-                m2 = cmask[:, None] & (lj < L)[None, :]
+                lj, ljm, m2 = _tile(l0, lab, L, cmask)
                 ptr = base2 + k * L + lj[None, :]
                 mu = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32)
                 mu += tl.load(F + ptr, mask=m2, other=0.0) + tl.load(G + ptr, mask=m2, other=0.0)
                 mu = tl.where(pv, mu, 0.0)
                 tl.store(MARG + ptr, mu, mask=m2)
-                if k == 0:
-                    v = tl.where((lj < L)[None, :], mu, float("-inf"))
-                    cmx = tl.max(v, axis=1)
-                    new_m = tl.maximum(run_m, cmx)
-                    if not IS_MAX:
-                        run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tl.sum(
-                            tl.exp((v - new_m[:, None]) * inv_gamma), axis=1
-                        )
-                    run_m = new_m
+                if k == 0:  # the value: smax of the first position's marginals
+                    v = tl.where(ljm[None, :], mu, float("-inf"))
+                    run_m, run_s, run_i = _online_reduce(run_m, run_s, run_i, v, lj[None, :], inv_gamma, 1, IS_MAX)
         if IS_MAX:
             val = run_m
         else:
             val = run_m + gamma * tl.log(run_s)
-        tl.store(VAL + offs_c, val, mask=cmask)
+        tl.store(VAL + c64, val, mask=cmask)
 
     # ---------------------------------------------------------------------------------------
     # backward, tiles (every kind; gamma == 0 from the saved arg-max indices)
