@@ -95,40 +95,53 @@ def run_convergence(
         r["reference_seconds"] = ref_s
         r["nodes"] = inst.num_nodes
         results[str(size)] = r
-        row = {"graph": graph, "size": size, "nodes": inst.num_nodes, "reference_objective": ref[1]}
-        for m, v in r["methods"].items():
-            row[f"{m}_time_to_reference"] = v["time_to_reference"]
-            row[f"{m}_steps"] = v["steps"]
-            row[f"{m}_final_objective"] = v["final_objective"]
-            row[f"{m}_final_distance"] = v["final_distance"]
-        t = {m: v["time_to_reference"] for m, v in r["methods"].items()}
-        for b in [m for m in t if m.startswith("bbpl")]:
-            for m in ("inner_dual", "full"):
-                row[f"speedup_{b}_vs_{m}"] = (t[m] / t[b]) if (t.get(m) and t.get(b)) else None
+        row = _convergence_row(graph, size, inst.num_nodes, ref[1], r["methods"])
         table.append(row)
         print(json.dumps(row))
-    _atomic_text(
-        os.path.join(out, f"convergence_{graph}{suffix}.json"),
-        json.dumps({"rows": table, "runs": results}, indent=1),
-    )
+    _write_convergence(out, f"convergence_{graph}{suffix}", graph, sizes, table, results, rtol)
+    return table
+
+
+def _convergence_row(graph: str, size: int, nodes: int, reference_objective: float, methods: dict) -> dict:
+    """One row of the convergence table: per learner its time to the reference, steps and final
+    values, and BBPL's speed-up over inner-dual and full BP."""
+    row = {"graph": graph, "size": size, "nodes": nodes, "reference_objective": reference_objective}
+    for m, v in methods.items():
+        row[f"{m}_time_to_reference"] = v["time_to_reference"]
+        row[f"{m}_steps"] = v["steps"]
+        row[f"{m}_final_objective"] = v["final_objective"]
+        row[f"{m}_final_distance"] = v["final_distance"]
+    t = {m: v["time_to_reference"] for m, v in methods.items()}
+    for b in [m for m in t if m.startswith("bbpl")]:
+        for m in ("inner_dual", "full"):
+            row[f"speedup_{b}_vs_{m}"] = (t[m] / t[b]) if (t.get(m) and t.get(b)) else None
+    return row
+
+
+def _plot_gap(ax, history, reference_objective: float, label: str) -> None:
+    """The relative objective gap of one learner's history against learner seconds (log scale)."""
+    ts = [h["seconds"] for h in history]
+    gap = [max(abs(h["objective"] - reference_objective) / abs(reference_objective), 1e-12) for h in history]
+    ax.semilogy(ts, gap, label=label)
+
+
+def _write_convergence(out: str, stem: str, graph: str, sizes, table, results, rtol: float) -> None:
+    """``STEM.json``, ``STEM.csv`` and ``STEM.png`` (one panel per size) into ``out``, atomically."""
+    _atomic_text(os.path.join(out, f"{stem}.json"), json.dumps({"rows": table, "runs": results}, indent=1))
     keys = sorted({k for r in table for k in r})
-    _atomic_text(os.path.join(out, f"convergence_{graph}{suffix}.csv"), _csv(table, keys))
+    _atomic_text(os.path.join(out, f"{stem}.csv"), _csv(table, keys))
     plt = _plt()
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         r = results[str(size)]
-        js = r["reference_objective"]
         for m, v in r["methods"].items():
-            ts = [h["seconds"] for h in v["history"]]
-            gap = [max(abs(h["objective"] - js) / abs(js), 1e-12) for h in v["history"]]
-            ax.semilogy(ts, gap, label=m)
+            _plot_gap(ax, v["history"], r["reference_objective"], m)
         ax.axhline(rtol, color="k", lw=0.5, ls="--")
         ax.set_title(f"{graph} {size} ({r['nodes']} nodes)")
         ax.set_xlabel("learner seconds")
         ax.set_ylabel("relative objective gap")
         ax.legend()
-    _atomic_png(fig, os.path.join(out, f"convergence_{graph}{suffix}.png"))
-    return table
+    _atomic_png(fig, os.path.join(out, f"{stem}.png"))
 
 
 def run_blocksize(
@@ -175,11 +188,8 @@ def run_blocksize(
     _atomic_text(os.path.join(out, f"blocksize_{graph}{size}.csv"), _csv(rows, sorted(rows[0])))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    js = r["reference_objective"]
     for row in r["rows"]:
-        ts = [h["seconds"] for h in row["history"]]
-        gap = [max(abs(h["objective"] - js) / abs(js), 1e-12) for h in row["history"]]
-        ax.semilogy(ts, gap, label=f"{row['blocks']} blocks")
+        _plot_gap(ax, row["history"], r["reference_objective"], f"{row['blocks']} blocks")
     ax.axhline(rtol, color="k", lw=0.5, ls="--")
     ax.set_xlabel("learner seconds")
     ax.set_ylabel("relative objective gap")
@@ -222,36 +232,20 @@ def run_segment(
 ):
     import torch
 
-    from ..data.stanford_background import (
-        PixelClassifier,
-        load_stanford_background,
-        segmentation_instance,
-        write_synthetic_dataset,
-    )
+    from ..data.stanford_background import PixelClassifier, segmentation_instance
     from ..inference.convex_bp import marginals
-    from ..learning import FeatureCRF, fit
+    from ..learning import fit
 
     torch.set_num_threads(threads)
-    if data is None:
+    generate = data is None
+    if generate:
         data = os.path.join(out, "synthetic_stanford_background")
-        write_synthetic_dataset(data, num_images=synthetic, seed=seed)
-    samples = load_stanford_background(data, max_images=train + test, downsample=downsample)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(samples), generator=g).tolist()
-    tr = [samples[i] for i in order[:train]]
-    te = [samples[i] for i in order[train : train + test]]
-    if not tr or not te:
-        raise SystemExit(
-            f"need at least one training and one test image, got {len(tr)} and {len(te)} of {len(samples)}"
-        )
+    tr, te = _segment_split(data, generate, synthetic, train, test, downsample, seed)
     clf = PixelClassifier().fit(tr)
     tr_inst = [segmentation_instance(s, clf) for s in tr]
     te_inst = [segmentation_instance(s, clf) for s in te]
-    C, Fu, Fp = clf.C, tr_inst[0].unary_features.shape[1], tr_inst[0].pairwise_features.shape[1]
-    # start from the classifier: unary weights = identity on the log-probabilities
-    wu = torch.zeros(Fu, C, dtype=torch.float64)
-    wu[:C, :C] = torch.eye(C, dtype=torch.float64)
-    model = FeatureCRF(C, Fu, Fp, wu, torch.zeros(Fp, C, C, dtype=torch.float64))
+    C = clf.C
+    model = _classifier_start(C, tr_inst[0])
     t0 = time.perf_counter()
     res = fit(
         model,
@@ -265,22 +259,13 @@ def run_segment(
         progress=True,
     )
     learn_s = time.perf_counter() - t0
-
-    def accuracy(pred_fn):
-        correct = total = 0
-        for s, inst in zip(te, te_inst):
-            pred = pred_fn(inst)
-            lab = s.labels.flatten()
-            keep = lab >= 0
-            correct += int((pred[keep] == lab[keep]).sum())
-            total += int(keep.sum())
-        return correct / max(1, total)
-
-    acc_clf = accuracy(lambda inst: inst.unary_features[:, :C].argmax(-1))
-    acc_crf = accuracy(
+    acc_clf = _pixel_accuracy(te, te_inst, lambda inst: inst.unary_features[:, :C].argmax(-1))
+    acc_crf = _pixel_accuracy(
+        te,
+        te_inst,
         lambda inst: marginals(
             res.model.to_graph_mrf(inst), method="trbp", tol=1e-4, max_iters=200, damping=0.3
-        ).unary.argmax(-1)
+        ).unary.argmax(-1),
     )
     summary = {
         "data": data,
@@ -294,22 +279,73 @@ def run_segment(
         "final_objective": res.history[-1]["objective"],
     }
     print(json.dumps(summary))
+    _write_segment(out, summary, res.history, method)
+    return summary
+
+
+def _segment_split(data: str, generate: bool, synthetic: int, train: int, test: int, downsample: int, seed: int):
+    """The training and test images (a seeded shuffle of the data set); ``generate``: write
+    ``synthetic`` generated images into ``data`` first."""
+    import torch
+
+    from ..data.stanford_background import load_stanford_background, write_synthetic_dataset
+
+    if generate:
+        write_synthetic_dataset(data, num_images=synthetic, seed=seed)
+    samples = load_stanford_background(data, max_images=train + test, downsample=downsample)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(samples), generator=g).tolist()
+    tr = [samples[i] for i in order[:train]]
+    te = [samples[i] for i in order[train : train + test]]
+    if not tr or not te:
+        raise SystemExit(
+            f"need at least one training and one test image, got {len(tr)} and {len(te)} of {len(samples)}"
+        )
+    return tr, te
+
+
+def _classifier_start(C: int, instance):
+    """A :class:`FeatureCRF` that starts from the pixel classifier: unary weights the identity on
+    its ``C`` log-probabilities (the first ``C`` unary features), pairwise weights zero."""
+    import torch
+
+    from ..learning import FeatureCRF
+
+    Fu, Fp = instance.unary_features.shape[1], instance.pairwise_features.shape[1]
+    wu = torch.zeros(Fu, C, dtype=torch.float64)
+    wu[:C, :C] = torch.eye(C, dtype=torch.float64)
+    return FeatureCRF(C, Fu, Fp, wu, torch.zeros(Fp, C, C, dtype=torch.float64))
+
+
+def _pixel_accuracy(samples, instances, pred_fn) -> float:
+    """Fraction of labelled pixels (label ``>= 0``) where ``pred_fn(instance)`` is right."""
+    correct = total = 0
+    for s, inst in zip(samples, instances):
+        pred = pred_fn(inst)
+        lab = s.labels.flatten()
+        keep = lab >= 0
+        correct += int((pred[keep] == lab[keep]).sum())
+        total += int(keep.sum())
+    return correct / max(1, total)
+
+
+def _write_segment(out: str, summary: dict, history, method: str) -> None:
+    """``segment.json``, ``segment.csv`` and ``segment.png`` (objective against time) into ``out``."""
     _atomic_text(
         os.path.join(out, "segment.json"),
-        json.dumps({"summary": summary, "history": res.history}, indent=1),
+        json.dumps({"summary": summary, "history": history}, indent=1),
     )
     _atomic_text(
         os.path.join(out, "segment.csv"),
-        _csv(res.history, ["step", "seconds", "objective", "grad_norm"]),
+        _csv(history, ["step", "seconds", "objective", "grad_norm"]),
     )
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h["seconds"] for h in res.history], [h["objective"] for h in res.history])
+    ax.plot([h["seconds"] for h in history], [h["objective"] for h in history])
     ax.set_xlabel("learner seconds")
     ax.set_ylabel("objective")
     ax.set_title(f"segmentation CRF learning ({method})")
     _atomic_png(fig, os.path.join(out, "segment.png"))
-    return summary
 
 
 def register(app) -> None:
@@ -319,7 +355,12 @@ def register(app) -> None:
         help="Parameter-learning experiments of the BBPL paper (full BP, inner-dual, BBPL).",
         no_args_is_help=True,
     )
+    for add in (_add_convergence, _add_blocksize, _add_scale, _add_segment):
+        add(learn, typer)
+    app.add_typer(learn, name="learn")
 
+
+def _add_convergence(learn, typer) -> None:
     @learn.command("convergence")
     def convergence(
         graph: str = typer.Option("grid", help="grid or ba"),
@@ -337,6 +378,8 @@ def register(app) -> None:
         """The three learners on networks of growing size: objective against time."""
         run_convergence(graph, _ints(sizes), blocks, seconds, out, l2, seed, rtol, threads)
 
+
+def _add_blocksize(learn, typer) -> None:
     @learn.command("blocksize")
     def blocksize(
         graph: str = typer.Option("grid"),
@@ -358,6 +401,8 @@ def register(app) -> None:
             graph, size, _ints(blocks), seconds, out, l2, seed, rtol, threads, lr_scale=lr_scale
         )
 
+
+def _add_scale(learn, typer) -> None:
     @learn.command("scale")
     def scale(
         graph: str = typer.Option("grid"),
@@ -373,6 +418,8 @@ def register(app) -> None:
         """Seconds per BBPL step at a fixed block size as the graph grows."""
         run_scale(graph, _ints(sizes), block_nodes, steps, out, seed, threads)
 
+
+def _add_segment(learn, typer) -> None:
     @learn.command("segment")
     def segment(
         data: str = typer.Option(None, help="Stanford Background root (images/, labels/)"),
@@ -393,5 +440,3 @@ def register(app) -> None:
         run_segment(
             data, synthetic, out, train, test, downsample, method, steps, blocks, seed, threads
         )
-
-    app.add_typer(learn, name="learn")

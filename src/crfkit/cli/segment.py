@@ -45,101 +45,103 @@ def _clean_errors(fn):
 
 def register(app: typer.Typer) -> None:
     seg = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
-
-    @seg.command("train")
-    @_clean_errors
-    def train_cmd(
-        config: str | None = typer.Argument(
-            None, help="TOML config file (the paper's recipe where unset)"
-        ),
-        out: str = typer.Option(
-            "runs/segment", "--out", help="output folder: checkpoint.pt, log.csv, metrics.json"
-        ),
-        set_: list[str] = typer.Option(  # noqa: B008 (typer reads defaults)
-            [], "--set", help="override: section.key=value (repeatable)"
-        ),
-        resume: bool = typer.Option(
-            False, "--resume", help="continue the run in --out from its checkpoint"
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
-        no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation at the end"),
-    ):
-        """Train a segmentation model (DDP when started by torchrun)."""
-        from ..training import load_config, train
-
-        cfg = load_config(config, list(set_))
-        cfg.train.progress = cfg.train.progress and progress
-        summary = train(cfg, out, resume=resume, evaluate_at_end=not no_eval)
-        m = summary.get("metrics")
-        if m is not None and int(os.environ.get("RANK", "0")) == 0:
-            typer.echo(
-                f"step {summary['step']}: mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}"
-            )
-
-    @seg.command("eval")
-    @_clean_errors
-    def eval_cmd(
-        checkpoint: str = typer.Argument(..., help="checkpoint.pt of a run"),
-        config: str | None = typer.Option(
-            None, "--config", help="config file (default: the checkpoint's)"
-        ),
-        set_: list[str] = typer.Option(  # noqa: B008
-            [], "--set", help="override: section.key=value (e.g. data.val_split=val)"
-        ),
-        out: str | None = typer.Option(None, "--out", help="write the metrics as JSON here"),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
-    ):
-        """mIoU and per-class IoU on the validation split."""
-        import torch
-
-        from ..training import (
-            Config,
-            apply_overrides,
-            build_datasets,
-            evaluate,
-            load_config,
-            load_model,
-        )
-        from ..training.checkpoint import atomic_write_text, load_checkpoint
-
-        state = load_checkpoint(checkpoint)
-        cfg = (
-            load_config(config, list(set_))
-            if config
-            else apply_overrides(Config.from_dict(state["config"]), list(set_))
-        )
-        device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-        model, cfg = load_model(checkpoint, cfg, device)
-        _, val = build_datasets(cfg, train=False)
-        if val is None:
-            raise typer.BadParameter("no validation split configured (data.val_split)")
-        m = evaluate(model, val, cfg.model.num_classes, device, cfg=cfg, progress=progress)
-        names = m["class_names"] or [str(i) for i in range(len(m["iou"]))]
-        for name, v in zip(names, m["iou"]):
-            typer.echo(f"  {name:14s} {'-' if v is None else f'{100 * v:.2f}'}")
-        typer.echo(f"mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}")
-        if out:
-            atomic_write_text(out, json.dumps(m, indent=2))
-
-    @seg.command("predict")
-    @_clean_errors
-    def predict_cmd(
-        checkpoint: str = typer.Argument(..., help="checkpoint.pt of a run"),
-        images: list[str] = typer.Argument(..., help="image files"),  # noqa: B008
-        out: str = typer.Option(
-            "predictions", "--out", help="folder for <name>.png palette images"
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
-    ):
-        """Segment images; write palette PNGs (PASCAL VOC colours)."""
-        import torch
-
-        from ..training import load_model, predict_images
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, cfg = load_model(checkpoint, None, device)
-        mean, std = _normalisation(cfg)
-        written = predict_images(model, images, out, device, mean=mean, std=std, progress=progress)
-        typer.echo(f"wrote {len(written)} predictions to {out}")
-
+    seg.command("train")(_train_cmd)
+    seg.command("eval")(_eval_cmd)
+    seg.command("predict")(_predict_cmd)
     app.add_typer(seg, name="segment")
+
+
+@_clean_errors
+def _train_cmd(
+    config: str | None = typer.Argument(
+        None, help="TOML config file (the paper's recipe where unset)"
+    ),
+    out: str = typer.Option(
+        "runs/segment", "--out", help="output folder: checkpoint.pt, log.csv, metrics.json"
+    ),
+    set_: list[str] = typer.Option(  # noqa: B008 (typer reads defaults)
+        [], "--set", help="override: section.key=value (repeatable)"
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --out from its checkpoint"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation at the end"),
+):
+    """Train a segmentation model (DDP when started by torchrun)."""
+    from ..training import load_config, train
+
+    cfg = load_config(config, list(set_))
+    cfg.train.progress = cfg.train.progress and progress
+    summary = train(cfg, out, resume=resume, evaluate_at_end=not no_eval)
+    m = summary.get("metrics")
+    if m is not None and int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(
+            f"step {summary['step']}: mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}"
+        )
+
+
+@_clean_errors
+def _eval_cmd(
+    checkpoint: str = typer.Argument(..., help="checkpoint.pt of a run"),
+    config: str | None = typer.Option(
+        None, "--config", help="config file (default: the checkpoint's)"
+    ),
+    set_: list[str] = typer.Option(  # noqa: B008
+        [], "--set", help="override: section.key=value (e.g. data.val_split=val)"
+    ),
+    out: str | None = typer.Option(None, "--out", help="write the metrics as JSON here"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """mIoU and per-class IoU on the validation split."""
+    import torch
+
+    from ..training import (
+        Config,
+        apply_overrides,
+        build_datasets,
+        evaluate,
+        load_config,
+        load_model,
+    )
+    from ..training.checkpoint import atomic_write_text, load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    cfg = (
+        load_config(config, list(set_))
+        if config
+        else apply_overrides(Config.from_dict(state["config"]), list(set_))
+    )
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    model, cfg = load_model(checkpoint, cfg, device)
+    _, val = build_datasets(cfg, train=False)
+    if val is None:
+        raise typer.BadParameter("no validation split configured (data.val_split)")
+    m = evaluate(model, val, cfg.model.num_classes, device, cfg=cfg, progress=progress)
+    names = m["class_names"] or [str(i) for i in range(len(m["iou"]))]
+    for name, v in zip(names, m["iou"]):
+        typer.echo(f"  {name:14s} {'-' if v is None else f'{100 * v:.2f}'}")
+    typer.echo(f"mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_acc']:.2f}")
+    if out:
+        atomic_write_text(out, json.dumps(m, indent=2))
+
+
+@_clean_errors
+def _predict_cmd(
+    checkpoint: str = typer.Argument(..., help="checkpoint.pt of a run"),
+    images: list[str] = typer.Argument(..., help="image files"),  # noqa: B008
+    out: str = typer.Option(
+        "predictions", "--out", help="folder for <name>.png palette images"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Segment images; write palette PNGs (PASCAL VOC colours)."""
+    import torch
+
+    from ..training import load_model, predict_images
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = load_model(checkpoint, None, device)
+    mean, std = _normalisation(cfg)
+    written = predict_images(model, images, out, device, mean=mean, std=std, progress=progress)
+    typer.echo(f"wrote {len(written)} predictions to {out}")

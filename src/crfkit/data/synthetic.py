@@ -110,8 +110,33 @@ def gibbs_sample(
     gen = torch.Generator().manual_seed(int(seed))
     un = mrf.unary.detach().double().cpu()
     pw = mrf.edge_tables().detach().double().cpu()
-    edges = mrf.edges.cpu()
-    # directed edges: table [x_src, x_dst], contribution to dst
+    classes = _colour_classes(mrf.edges.cpu(), pw, N)
+    if init is None:
+        x = torch.randint(0, L, (C, N), generator=gen)
+    else:
+        if not (isinstance(init, torch.Tensor) and init.shape == (C, N)):
+            raise CRFValueError(
+                f"expected init of shape [{C}, {N}], got {getattr(init, 'shape', type(init).__name__)}"
+            )
+        x = init.clone().long()
+
+    for _ in range(burn_in):
+        _gibbs_sweep(x, un, classes, gen)
+    out = []
+    got = 0
+    while got < num_samples:
+        out.append(x.clone())
+        got += C
+        if got < num_samples:
+            for _ in range(thin):
+                _gibbs_sweep(x, un, classes, gen)
+    return torch.cat(out)[:num_samples]
+
+
+def _colour_classes(edges: torch.Tensor, pw: torch.Tensor, N: int) -> list:
+    """Per colour class of :func:`greedy_colouring`: its ``nodes``, the directed edges ``d`` into
+    them, their sources, the target's position in ``nodes`` and their tables ``[x_src, x_dst]``
+    (``pw [E, L, L]`` and its transpose for the reversed direction)."""
     dsrc = torch.cat([edges[:, 0], edges[:, 1]])
     ddst = torch.cat([edges[:, 1], edges[:, 0]])
     dtab = torch.cat([pw, pw.transpose(-1, -2)])  # [2E, L, L]
@@ -123,40 +148,25 @@ def gibbs_sample(
         pos[nodes] = torch.arange(nodes.numel())
         d = torch.nonzero(colour[ddst] == c).flatten()
         classes.append((nodes, d, dsrc[d], pos[ddst[d]], dtab[d]))
-    if init is None:
-        x = torch.randint(0, L, (C, N), generator=gen)
-    else:
-        if not (isinstance(init, torch.Tensor) and init.shape == (C, N)):
-            raise CRFValueError(
-                f"expected init of shape [{C}, {N}], got {getattr(init, 'shape', type(init).__name__)}"
-            )
-        x = init.clone().long()
+    return classes
 
-    def sweep():
-        for nodes, d, src, dpos, tab in classes:
-            logits = un[nodes].expand(C, -1, -1).clone()  # [C, n, L]
-            if d.numel():
-                contrib = (
-                    tab[None]
-                    .expand(C, -1, -1, -1)
-                    .gather(2, x[:, src][:, :, None, None].expand(C, d.numel(), 1, L))
-                    .squeeze(2)
-                )  # [C, D, L]
-                logits.index_add_(1, dpos, contrib)
-            u = torch.rand(logits.shape, generator=gen, dtype=logits.dtype).clamp_min(1e-300)
-            x[:, nodes] = (logits - torch.log(-torch.log(u))).argmax(-1)
 
-    for _ in range(burn_in):
-        sweep()
-    out = []
-    got = 0
-    while got < num_samples:
-        out.append(x.clone())
-        got += C
-        if got < num_samples:
-            for _ in range(thin):
-                sweep()
-    return torch.cat(out)[:num_samples]
+def _gibbs_sweep(x: torch.Tensor, un: torch.Tensor, classes: list, gen: torch.Generator) -> None:
+    """One Gibbs sweep of every chain, in place on ``x [C, N]``: each colour class resampled at once
+    from its conditional (Gumbel-max on ``unary + Σ pairwise`` given the neighbours' labels)."""
+    C, L = x.shape[0], un.shape[1]
+    for nodes, d, src, dpos, tab in classes:
+        logits = un[nodes].expand(C, -1, -1).clone()  # [C, n, L]
+        if d.numel():
+            contrib = (
+                tab[None]
+                .expand(C, -1, -1, -1)
+                .gather(2, x[:, src][:, :, None, None].expand(C, d.numel(), 1, L))
+                .squeeze(2)
+            )  # [C, D, L]
+            logits.index_add_(1, dpos, contrib)
+        u = torch.rand(logits.shape, generator=gen, dtype=logits.dtype).clamp_min(1e-300)
+        x[:, nodes] = (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
 def random_feature_crf(

@@ -99,9 +99,8 @@ def path_cover(
     Returns:
         A :class:`PathCover`: every edge in exactly one chain, every node in at least one.
 
-    Longer than 80 lines because the walk's state (used edges, the current path, adjacency
-    cursors) lives in local buffers shared by two small closures: a hot Python loop, kept in
-    one frame for speed.
+    The walk's state (used edges, the current path, adjacency cursors) lives in local buffers
+    shared by small closures: a hot Python loop, kept in one frame for speed.
     """
     if isinstance(edges, torch.Tensor):
         edges = edges.detach().cpu().numpy()
@@ -110,17 +109,9 @@ def path_cover(
     if max_length is not None and int(max_length) < 2:
         raise CRFValueError(f"expected max_length >= 2 (or None), got {max_length!r}")
     cap = math.inf if max_length is None else int(max_length)
-    eids = np.arange(E, dtype=np.int64)
-    if directed:
-        fwd = _adjacency(N, edges[:, 0], edges[:, 1], eids)
-        bwd = _adjacency(N, edges[:, 1], edges[:, 0], eids)
-    else:
-        src = np.concatenate([edges[:, 0], edges[:, 1]])
-        dst = np.concatenate([edges[:, 1], edges[:, 0]])
-        fwd = bwd = _adjacency(N, src, dst, np.concatenate([eids, eids]))
+    fwd, bwd = _walk_adjacency(N, edges, directed)
     used = bytearray(E)
     on_path = bytearray(N)
-    covered = bytearray(N)
     fptr = list(fwd[0][:-1])
     bptr = fptr if bwd is fwd else list(bwd[0][:-1])
 
@@ -149,10 +140,34 @@ def path_cover(
             v = w
             room -= 1
 
+    def chain_from(s: int) -> tuple[list, list]:
+        """A simple path through ``s`` along unused edges, walked greedily forward then backward."""
+        on_path[s] = 1
+        ahead_n: list[int] = []
+        ahead_e: list[int] = []
+        walk(s, fwd, fptr, ahead_n, ahead_e, cap - 1)
+        back_n: list[int] = []
+        back_e: list[int] = []
+        walk(s, bwd, bptr, back_n, back_e, cap - 1 - len(ahead_n))
+        nodes = back_n[::-1] + [s] + ahead_n
+        for v in nodes:
+            on_path[v] = 0
+        return nodes, back_e[::-1] + ahead_e
+
+    chains_nodes, chains_edges = _greedy_chains(edges, N, chain_from)
+    return _pack_cover(chains_nodes, chains_edges, edges)
+
+
+def _greedy_chains(edges: np.ndarray, N: int, chain_from) -> tuple[list, list]:
+    """Chains from ``chain_from(start)`` until every edge is used: starts taken odd-degree first,
+    then in index order, each repeated while it still yields a chain; then a single-node chain
+    for every node no chain reached."""
+    E = edges.shape[0]
     degree = np.bincount(edges.ravel(), minlength=N) if E else np.zeros(N, dtype=np.int64)
     order = np.concatenate(
         [np.flatnonzero(degree % 2 == 1), np.flatnonzero(degree % 2 == 0)]
     ).tolist()
+    covered = bytearray(N)
     chains_nodes: list[list[int]] = []
     chains_edges: list[list[int]] = []
     remaining = E
@@ -160,28 +175,39 @@ def path_cover(
         if remaining == 0:
             break
         while True:
-            on_path[s] = 1
-            ahead_n: list[int] = []
-            ahead_e: list[int] = []
-            walk(s, fwd, fptr, ahead_n, ahead_e, cap - 1)
-            back_n: list[int] = []
-            back_e: list[int] = []
-            walk(s, bwd, bptr, back_n, back_e, cap - 1 - len(ahead_n))
-            nodes = back_n[::-1] + [s] + ahead_n
-            for v in nodes:
-                on_path[v] = 0
+            nodes, chain_edges = chain_from(s)
             if len(nodes) == 1:
                 break
             for v in nodes:
                 covered[v] = 1
             chains_nodes.append(nodes)
-            chains_edges.append(back_e[::-1] + ahead_e)
+            chains_edges.append(chain_edges)
             remaining -= len(nodes) - 1
     if remaining:  # pragma: no cover - every unused edge can always start a chain
         raise RuntimeError(f"path cover left {remaining} edges uncovered")
     for v in np.flatnonzero(np.frombuffer(bytes(covered), dtype=np.uint8) == 0).tolist():
         chains_nodes.append([v])
         chains_edges.append([])
+    return chains_nodes, chains_edges
+
+
+def _walk_adjacency(N: int, edges: np.ndarray, directed: bool):
+    """The adjacency a path walks forward and backward from a node: one table both ways for an
+    undirected cover; for a directed one, out-edges forward and in-edges backward."""
+    E = edges.shape[0]
+    eids = np.arange(E, dtype=np.int64)
+    if directed:
+        return _adjacency(N, edges[:, 0], edges[:, 1], eids), _adjacency(N, edges[:, 1], edges[:, 0], eids)
+    src = np.concatenate([edges[:, 0], edges[:, 1]])
+    dst = np.concatenate([edges[:, 1], edges[:, 0]])
+    both = _adjacency(N, src, dst, np.concatenate([eids, eids]))
+    return both, both
+
+
+def _pack_cover(chains_nodes: list, chains_edges: list, edges: np.ndarray) -> PathCover:
+    """Chains as lists of nodes and edge ids -> a flat :class:`PathCover` (with each chain edge's
+    orientation against ``edges``)."""
+    E = edges.shape[0]
     lengths = np.array([len(c) for c in chains_nodes], dtype=np.int64)
     ptr = np.zeros(len(chains_nodes) + 1, dtype=np.int64)
     np.cumsum(lengths, out=ptr[1:])

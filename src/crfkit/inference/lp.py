@@ -114,6 +114,8 @@ def local_polytope_lp(unary, edges, tables, *, solver: str = "ipm") -> LPSolutio
         :class:`LPSolution` with the optimum and an optimal ``μ``.
     """
     u, e, t = _check_model(unary, edges, tables)
+    if solver not in ("ipm", "simplex"):
+        raise CRFValueError(f"expected solver 'ipm' or 'simplex', got {solver!r}")
     try:
         import highspy
     except ImportError:  # pragma: no cover - depends on the install
@@ -122,8 +124,24 @@ def local_polytope_lp(unary, edges, tables, *, solver: str = "ipm") -> LPSolutio
         ) from None
     N, L = u.shape
     E = e.shape[0]
+    nn = N * L
+    start, cols, vals = _local_polytope_rows(e, N, L)
+    x = _solve_highs(highspy, -np.concatenate([u.ravel(), t.ravel()]), start, cols, vals, N, solver)
+    value = float(u.ravel() @ x[:nn] + t.ravel() @ x[nn:])
+    return LPSolution(
+        value=value,
+        unary_marginals=torch.from_numpy(x[:nn].reshape(N, L).copy()),
+        pairwise_marginals=torch.from_numpy(x[nn:].reshape(E, L, L).copy()),
+    )
+
+
+def _local_polytope_rows(e: np.ndarray, N: int, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The equality constraints of the local polytope as a row-wise sparse matrix ``(start [R + 1],
+    cols, vals)`` over the columns ``μ_i(l)`` (``i * L + l``) then ``μ_e(a, c)``
+    (``N * L + e * L * L + a * L + c``); rows: ``N`` normalisations (``= 1``), then ``E * L``
+    consistencies with the first node and ``E * L`` with the second (``= 0``)."""
+    E = e.shape[0]
     nn, ne = N * L, E * L * L
-    num_col = nn + ne
     num_row = N + 2 * E * L
     a_idx = np.arange(L)
     # rows 0..N-1: normalisation
@@ -147,11 +165,17 @@ def local_polytope_lp(unary, edges, tables, *, solver: str = "ipm") -> LPSolutio
     rows, cols, vals = rows[order], cols[order], vals[order]
     start = np.zeros(num_row + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=num_row), out=start[1:])
+    return start, cols, vals
 
+
+def _solve_highs(highspy, cost: np.ndarray, start, cols, vals, N: int, solver: str) -> np.ndarray:
+    """Minimise ``cost · x`` over ``x >= 0`` with the rows ``(start, cols, vals)`` equal to 1 (the
+    first ``N``) or 0 (the rest); returns an optimal ``x`` (float64)."""
+    num_col, num_row = cost.shape[0], start.shape[0] - 1
     lp = highspy.HighsLp()
     lp.num_col_ = num_col
     lp.num_row_ = num_row
-    lp.col_cost_ = -np.concatenate([u.ravel(), t.ravel()])  # HiGHS minimises
+    lp.col_cost_ = cost  # HiGHS minimises
     lp.col_lower_ = np.zeros(num_col)
     lp.col_upper_ = np.full(num_col, highspy.kHighsInf)
     lower = np.zeros(num_row)
@@ -164,8 +188,6 @@ def local_polytope_lp(unary, edges, tables, *, solver: str = "ipm") -> LPSolutio
     lp.a_matrix_.value_ = vals
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    if solver not in ("ipm", "simplex"):
-        raise CRFValueError(f"expected solver 'ipm' or 'simplex', got {solver!r}")
     h.setOptionValue("solver", solver)
     if solver == "ipm":
         h.setOptionValue("run_crossover", "on")
@@ -176,13 +198,7 @@ def local_polytope_lp(unary, edges, tables, *, solver: str = "ipm") -> LPSolutio
         raise RuntimeError(
             f"HiGHS did not solve the LP relaxation: {h.modelStatusToString(status)}"
         )
-    x = np.asarray(h.getSolution().col_value, dtype=np.float64)
-    value = float(u.ravel() @ x[:nn] + t.ravel() @ x[nn:])
-    return LPSolution(
-        value=value,
-        unary_marginals=torch.from_numpy(x[:nn].reshape(N, L).copy()),
-        pairwise_marginals=torch.from_numpy(x[nn:].reshape(E, L, L).copy()),
-    )
+    return np.asarray(h.getSolution().col_value, dtype=np.float64)
 
 
 def _model_arrays(model) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

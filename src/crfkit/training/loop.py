@@ -98,6 +98,11 @@ def build_datasets(cfg: Config, *, train: bool = True, val: bool = True):
             else None
         )
         return tr, va
+    def from_disk(split: str, transform):
+        return build_dataset(
+            d.name, split, transform, root=d.root or None, sbd_root=d.sbd_root or None, seed=cfg.train.seed
+        )
+
     tr = va = None
     if train:
         tt = TrainTransform(
@@ -109,24 +114,9 @@ def build_datasets(cfg: Config, *, train: bool = True, val: bool = True):
             contrast=d.contrast,
             saturation=d.saturation,
         )
-        tr = build_dataset(
-            d.name,
-            d.train_split,
-            tt,
-            root=d.root or None,
-            sbd_root=d.sbd_root or None,
-            seed=cfg.train.seed,
-        )
+        tr = from_disk(d.train_split, tt)
     if val and d.val_split:
-        et = EvalTransform(pad_to=d.eval_pad_to or None)
-        va = build_dataset(
-            d.name,
-            d.val_split,
-            et,
-            root=d.root or None,
-            sbd_root=d.sbd_root or None,
-            seed=cfg.train.seed,
-        )
+        va = from_disk(d.val_split, EvalTransform(pad_to=d.eval_pad_to or None))
     return tr, va
 
 
@@ -226,7 +216,8 @@ def train(
     device = info.device
     if cfg.train.batch_size % info.world_size != 0:
         raise CRFValueError(
-            f"expected train.batch_size divisible by the number of processes {info.world_size}, got {cfg.train.batch_size}"
+            f"expected train.batch_size divisible by the number of processes {info.world_size}, "
+            f"got {cfg.train.batch_size}"
         )
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
@@ -236,34 +227,8 @@ def train(
     train_ds, val_ds = build_datasets(
         cfg, train=True, val=evaluate_at_end or cfg.train.eval_every > 0
     )
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
-    model = build_model(cfg)
-    if info.distributed and cfg.model.sync_bn:
-        model = convert_sync_batchnorm(model, device)
-    model.to(device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        weight_decay=cfg.optim.weight_decay,
-        nesterov=cfg.optim.nesterov,
-    )
-    use_scaler = device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "float16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    step = 0
-    if resume:
-        if not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path, map_location=device)
-        _check_resume(state["config"], cfg)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+    model, opt, scaler = _build_training(cfg, info, device)
+    step = _restore(ckpt_path, cfg, model, opt, scaler, device) if resume else 0
     if info.is_main:
         atomic_write_text(os.path.join(out_dir, "config.toml"), _config_toml(cfg))
         _prepare_log(log_path, step)
@@ -286,62 +251,18 @@ def train(
     summary: dict = {"out_dir": out_dir}
     while step < total and (stop_after is None or step < stop_after):
         epoch, pos = divmod(step, steps_per_epoch)
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
-        sampler = _GlobalBatches(len(train_ds), G, info, cfg.train.seed, epoch, pos)
-        loader = torch.utils.data.DataLoader(
-            train_ds,
-            batch_sampler=sampler,
-            num_workers=cfg.data.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        for images, labels in loader:
+        for images, labels in _epoch_loader(train_ds, cfg, info, device, epoch, pos):
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
             lr = poly_lr(cfg.optim.lr, step, total, cfg.optim.poly_power)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            ddp.train()
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with _autocast(device, cfg):
-                logits = ddp(images)
-            ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-            counts = all_reduce_sum(
-                torch.stack(
-                    [(labels != IGNORE_INDEX).sum().to(torch.float64), ce.detach().double()]
-                )
-            )
-            n_valid = counts[0].clamp_min(1.0)
-            loss = (
-                ce / n_valid.to(ce.dtype) * info.world_size
-            )  # DDP averages gradients over processes
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            last_loss = _train_step(ddp, opt, scaler, images, labels, lr, cfg, info, device)
             step += 1
-            last_loss = float(counts[1] / n_valid)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
             if info.is_main and (step % max(1, cfg.train.log_every) == 0 or step == total):
                 _append_log(log_path, [step, epoch, lr, last_loss, time.perf_counter() - t0])
-            if (
-                cfg.train.checkpoint_every > 0
-                and step % cfg.train.checkpoint_every == 0
-                and step < total
-            ):
-                _save(ckpt_path, model, opt, scaler, step, cfg, info, device)
-            if (
-                cfg.train.eval_every > 0
-                and step % cfg.train.eval_every == 0
-                and step < total
-                and val_ds is not None
-            ):
-                m = evaluate(model, val_ds, cfg.model.num_classes, device, cfg=cfg, info=info)
-                if info.is_main:
-                    _record_eval(out_dir, step, m)
+            _periodic(out_dir, ckpt_path, model, opt, scaler, step, cfg, info, device, val_ds)
     if bar is not None:
         bar.close()
     summary.update(step=step, loss=last_loss)
@@ -354,6 +275,95 @@ def train(
             _record_eval(out_dir, step, m)
         summary["metrics"] = m
     return summary
+
+
+def _build_training(cfg: Config, info: DistInfo, device: torch.device):
+    """The model (same initial weights on every process; synchronised batch norm under DDP when
+    configured), its SGD optimiser and the gradient scaler (float16 autocast on CUDA only)."""
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
+    model = build_model(cfg)
+    if info.distributed and cfg.model.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    model.to(device)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        nesterov=cfg.optim.nesterov,
+    )
+    use_scaler = device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    return model, opt, scaler
+
+
+def _restore(ckpt_path: str, cfg: Config, model, opt, scaler, device: torch.device) -> int:
+    """Load the checkpoint of a run to resume (weights, optimiser, scaler, random state) after
+    checking that the settings that shape the run did not change; returns its step."""
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    state = load_checkpoint(ckpt_path, map_location=device)
+    _check_resume(state["config"], cfg)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if device.type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+    return int(state["step"])
+
+
+def _epoch_loader(train_ds, cfg: Config, info: DistInfo, device: torch.device, epoch: int, pos: int):
+    """This process's share of the global batches of ``epoch``, from batch ``pos`` on."""
+    if hasattr(train_ds, "set_epoch"):
+        train_ds.set_epoch(epoch)
+    sampler = _GlobalBatches(len(train_ds), cfg.train.batch_size, info, cfg.train.seed, epoch, pos)
+    return torch.utils.data.DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _train_step(ddp, opt, scaler, images, labels, lr: float, cfg: Config, info: DistInfo, device) -> float:
+    """One optimiser step at learning rate ``lr`` on the cross-entropy over every labelled pixel of
+    the global batch; returns that loss (per labelled pixel, summed over processes)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    ddp.train()
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    with _autocast(device, cfg):
+        logits = ddp(images)
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    counts = all_reduce_sum(
+        torch.stack(
+            [(labels != IGNORE_INDEX).sum().to(torch.float64), ce.detach().double()]
+        )
+    )
+    n_valid = counts[0].clamp_min(1.0)
+    loss = (
+        ce / n_valid.to(ce.dtype) * info.world_size
+    )  # DDP averages gradients over processes
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(counts[1] / n_valid)
+
+
+def _periodic(out_dir, ckpt_path, model, opt, scaler, step: int, cfg: Config, info: DistInfo, device, val_ds) -> None:
+    """The checkpoint every ``train.checkpoint_every`` and the evaluation every ``train.eval_every``
+    steps (not at the last step: the end of :func:`train` does both)."""
+    total = cfg.train.steps
+    if cfg.train.checkpoint_every > 0 and step % cfg.train.checkpoint_every == 0 and step < total:
+        _save(ckpt_path, model, opt, scaler, step, cfg, info, device)
+    if cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0 and step < total and val_ds is not None:
+        m = evaluate(model, val_ds, cfg.model.num_classes, device, cfg=cfg, info=info)
+        if info.is_main:
+            _record_eval(out_dir, step, m)
 
 
 def _save(path, model, opt, scaler, step, cfg, info, device) -> None:

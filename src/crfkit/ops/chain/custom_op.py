@@ -151,6 +151,8 @@ def chain_marginals_op(
     if not REGISTERED:  # pragma: no cover - torch < 2.4
         raise RuntimeError("crfkit's custom chain op needs torch.library.custom_op (torch >= 2.4)")
     gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=False)
+    # the op carries a form as its kind and tensors: a form it cannot rebuild goes as dense tables
+    pairwise = _tr.as_kernel_form(pairwise, unary.shape[-1])
     truncation = pairwise.truncation if pairwise.truncation is not None else 0.0
     tables, weight = pairwise.tensors()
     marg, value, *_ = torch.ops.crfkit.chain_fwd(unary, tables, weight, lengths, pairwise.kind, truncation, gamma)

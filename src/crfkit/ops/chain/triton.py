@@ -71,12 +71,12 @@ import os
 import torch
 
 from ..._validation import CRFValueError
-from ...decomposition.chains import ChainPairwise
+from ...decomposition.chains import ChainPairwise, DenseChainPairwise
 from ...models.chain_pairwise import DISTANCE_TRANSFORM, POTTS_CLOSED_FORM
 from .checks import check_chain_inputs
 from .semiring import smax, smax_weights
 
-__all__ = ["AVAILABLE", "INTERPRET", "chain_marginals_triton", "chain_forward", "chain_backward"]
+__all__ = ["AVAILABLE", "INTERPRET", "chain_marginals_triton", "chain_forward", "chain_backward", "as_kernel_form"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
@@ -185,6 +185,28 @@ if _HAS_TRITON:
         return cmask, length, offs_c.to(tl.int64)
 
     @triton.jit
+    def _linear_program(LEN, C, n, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+        """The chains of an O(L) program and one tile of all ``L`` labels: ``(cmask, length, c64,
+        base2 [BC, 1], lab [BL], lm [1, BL], m2 [BC, BL])``."""
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
+        base2 = (c64 * n * L)[:, None]
+        lab = tl.arange(0, BLOCK_L)
+        lm = (lab < L)[None, :]
+        return cmask, length, c64, base2, lab, lm, cmask[:, None] & lm
+
+    @triton.jit
+    def _edge_weight(WGT, c64, cmask, k, s_wc, s_wk):
+        """``[BC]`` the weight of edge ``k`` of each chain, in float32."""
+        return tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _tile(start, lab, L, cmask):
+        """One tile of labels: ``start + lab``, its label mask and the chains x labels mask."""
+        idx = start + lab
+        valid = idx < L
+        return idx, valid, cmask[:, None] & valid[None, :]
+
+    @triton.jit
     def _online_reduce(run_m, run_s, run_i, v, idx, inv_gamma, AXIS: tl.constexpr, IS_MAX: tl.constexpr):
         """One tile of an online reduction of ``v`` over ``AXIS``: the running max and arg-max
         (``IS_MAX``; the smallest index among ties) or the running max and scaled sum of
@@ -218,15 +240,12 @@ if _HAS_TRITON:
         lab_r = tl.arange(0, BLOCK_R)
         pos_in = k + 1 if REVERSE else k
         for o0 in range(0, L, BLOCK_O):
-            lo = o0 + lab_o
-            lom = lo < L
+            lo, lom, m2o = _tile(o0, lab_o, L, cmask)
             run_m = tl.full([BLOCK_C, BLOCK_O], float("-inf"), tl.float32)
             run_s = tl.zeros([BLOCK_C, BLOCK_O], tl.float32)
             run_i = tl.zeros([BLOCK_C, BLOCK_O], tl.int32)
             for r0 in range(0, L, BLOCK_R):
-                lr = r0 + lab_r
-                lrm = lr < L
-                m2 = cmask[:, None] & lrm[None, :]
+                lr, lrm, m2 = _tile(r0, lab_r, L, cmask)
                 ptr = base2 + pos_in * L + lr[None, :]
                 x = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32) + tl.load(M_IN + ptr, mask=m2, other=0.0)
                 if REVERSE:  # tile [BC, out a, reduced c]
@@ -246,11 +265,10 @@ if _HAS_TRITON:
             res = run_m
             if not IS_MAX:
                 res = run_m + gamma * tl.log(run_s)
-            m2 = cmask[:, None] & lom[None, :]
             ptr = base2 + (k if REVERSE else k + 1) * L + lo[None, :]
-            tl.store(M_OUT + ptr, tl.where(ev, res, 0.0), mask=m2)
+            tl.store(M_OUT + ptr, tl.where(ev, res, 0.0), mask=m2o)
             if IS_MAX:
-                tl.store(R_OUT + ptr, tl.where(ev, run_i, 0), mask=m2)
+                tl.store(R_OUT + ptr, tl.where(ev, run_i, 0), mask=m2o)
 
     # ---------------------------------------------------------------------------------------
     # forward, tiles of label pairs (tables, weight x table, truncated linear on the fly)
@@ -269,8 +287,7 @@ if _HAS_TRITON:
         lab_j = tl.arange(0, BLOCK_J)
         zero_j = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
         for j0 in range(0, L, BLOCK_J):
-            lj = j0 + lab_j
-            m2 = cmask[:, None] & (lj < L)[None, :]
+            lj, _, m2 = _tile(j0, lab_j, L, cmask)
             tl.store(F + base2 + lj[None, :], zero_j, mask=m2)
             tl.store(G + base2 + (n - 1) * L + lj[None, :], zero_j, mask=m2)
         tl.debug_barrier()
@@ -287,54 +304,45 @@ if _HAS_TRITON:
     # forward, O(L) paths: distance transform (max) and Potts closed form (smoothed max)
     # ---------------------------------------------------------------------------------------
     @triton.jit
+    def _linear_message(U, M, R, WGT, msg, base2, c64, cmask, lab, lm, m2, length, k, pos_in, pos_out, L, s_wc, s_wk,
+                        gamma, inv_gamma, trunc, wscale, IS_MAX: tl.constexpr):
+        """The O(L) message over edge ``k`` (distance transform at ``gamma == 0``, Potts closed form
+        otherwise) from ``U[pos_in] + msg``: stored at ``M[pos_out]`` (its arg-max at ``R[pos_out]``
+        when ``IS_MAX``) and returned; zero on edges past a chain's end."""
+        BIG: tl.constexpr = 2147483647
+        ev = (k < length - 1)[:, None]
+        w = _edge_weight(WGT, c64, cmask, k, s_wc, s_wk) * wscale
+        x = tl.load(U + base2 + pos_in * L + lab[None, :], mask=m2, other=0.0).to(tl.float32) + msg
+        x = tl.where(lm, x, float("-inf"))
+        if IS_MAX:
+            val, idx = _dt_max(x, w, trunc, lab, BIG)
+        else:
+            val = _potts_smax(x, w, gamma, inv_gamma, lab, BIG)
+        out = tl.where(ev & lm, val, 0.0)
+        ptr = base2 + pos_out * L + lab[None, :]
+        tl.store(M + ptr, out, mask=m2)
+        if IS_MAX:
+            tl.store(R + ptr, tl.where(ev, idx, 0), mask=m2)
+        return out
+
+    @triton.jit
     def _fwd_linear_kernel(
         U, WGT, LEN, F, G, RF, RG, C, n, L, s_wc, s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr
     ):
-        BIG: tl.constexpr = 2147483647
-        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
-        base2 = (c64 * n * L)[:, None]
-        lab = tl.arange(0, BLOCK_L)
-        lm = (lab < L)[None, :]
-        m2 = cmask[:, None] & lm
+        cmask, length, c64, base2, lab, lm, m2 = _linear_program(LEN, C, n, L, BLOCK_C, BLOCK_L)
         f = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
         g = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
         tl.store(F + base2 + lab[None, :], f, mask=m2)
         tl.store(G + base2 + (n - 1) * L + lab[None, :], g, mask=m2)
         for i in range(0, n - 1):
-            k = i
-            ev = (k < length - 1)[:, None]
-            w = tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(tl.float32) * wscale
-            x = tl.load(U + base2 + k * L + lab[None, :], mask=m2, other=0.0).to(tl.float32) + f
-            x = tl.where(lm, x, float("-inf"))
-            if IS_MAX:
-                val, idx = _dt_max(x, w, trunc, lab, BIG)
-            else:
-                val = _potts_smax(x, w, gamma, inv_gamma, lab, BIG)
-            f = tl.where(ev & lm, val, 0.0)
-            ptr = base2 + (k + 1) * L + lab[None, :]
-            tl.store(F + ptr, f, mask=m2)
-            if IS_MAX:
-                tl.store(RF + ptr, tl.where(ev, idx, 0), mask=m2)
+            # left to right over edge i: F[i+1] from U[i] + F[i]
+            f = _linear_message(U, F, RF, WGT, f, base2, c64, cmask, lab, lm, m2, length, i, i, i + 1, L, s_wc,
+                                s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX)
+            # right to left over edge n-2-i: G[n-2-i] from U[n-1-i] + G[n-1-i]
             k2 = n - 2 - i
-            ev2 = (k2 < length - 1)[:, None]
-            w2 = (
-                tl.load(WGT + c64 * s_wc + k2 * s_wk, mask=cmask, other=0.0).to(tl.float32) * wscale
-            )
-            y = (
-                tl.load(U + base2 + (k2 + 1) * L + lab[None, :], mask=m2, other=0.0).to(tl.float32)
-                + g
-            )
-            y = tl.where(lm, y, float("-inf"))
-            if IS_MAX:
-                val2, idx2 = _dt_max(y, w2, trunc, lab, BIG)
-            else:
-                val2 = _potts_smax(y, w2, gamma, inv_gamma, lab, BIG)
-            g = tl.where(ev2 & lm, val2, 0.0)
-            ptr = base2 + k2 * L + lab[None, :]
-            tl.store(G + ptr, g, mask=m2)
-            if IS_MAX:
-                tl.store(RG + ptr, tl.where(ev2, idx2, 0), mask=m2)
+            g = _linear_message(U, G, RG, WGT, g, base2, c64, cmask, lab, lm, m2, length, k2, k2 + 1, k2, L, s_wc,
+                                s_wk, gamma, inv_gamma, trunc, wscale, IS_MAX)
 
     # ---------------------------------------------------------------------------------------
     # marginals and value (one pass over [C, n, L])
@@ -344,62 +352,39 @@ if _HAS_TRITON:
         U, F, G, LEN, MARG, VAL, C, n, L, gamma, inv_gamma, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_L: tl.constexpr
     ):
-        pid = tl.program_id(0)
-        offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        length = tl.load(LEN + offs_c, mask=cmask, other=1).to(tl.int32)
-        base2 = (offs_c.to(tl.int64) * n * L)[:, None]
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
+        base2 = (c64 * n * L)[:, None]
         lab = tl.arange(0, BLOCK_L)
         run_m = tl.full([BLOCK_C], float("-inf"), tl.float32)
         run_s = tl.zeros([BLOCK_C], tl.float32)
+        run_i = tl.zeros([BLOCK_C], tl.int32)
         for k in range(0, n):
             pv = (k < length)[:, None]
             for l0 in range(0, L, BLOCK_L):
-                lj = l0 + lab
-                m2 = cmask[:, None] & (lj < L)[None, :]
+                lj, ljm, m2 = _tile(l0, lab, L, cmask)
                 ptr = base2 + k * L + lj[None, :]
                 mu = tl.load(U + ptr, mask=m2, other=0.0).to(tl.float32)
                 mu += tl.load(F + ptr, mask=m2, other=0.0) + tl.load(G + ptr, mask=m2, other=0.0)
                 mu = tl.where(pv, mu, 0.0)
                 tl.store(MARG + ptr, mu, mask=m2)
-                if k == 0:
-                    v = tl.where((lj < L)[None, :], mu, float("-inf"))
-                    cmx = tl.max(v, axis=1)
-                    new_m = tl.maximum(run_m, cmx)
-                    if not IS_MAX:
-                        run_s = run_s * tl.exp((run_m - new_m) * inv_gamma) + tl.sum(
-                            tl.exp((v - new_m[:, None]) * inv_gamma), axis=1
-                        )
-                    run_m = new_m
+                if k == 0:  # the value: smax of the first position's marginals
+                    v = tl.where(ljm[None, :], mu, float("-inf"))
+                    run_m, run_s, run_i = _online_reduce(run_m, run_s, run_i, v, lj[None, :], inv_gamma, 1, IS_MAX)
         if IS_MAX:
             val = run_m
         else:
             val = run_m + gamma * tl.log(run_s)
-        tl.store(VAL + offs_c, val, mask=cmask)
+        tl.store(VAL + c64, val, mask=cmask)
 
     # ---------------------------------------------------------------------------------------
     # backward, tiles (every kind; gamma == 0 from the saved arg-max indices)
     # ---------------------------------------------------------------------------------------
     @triton.jit
-    def _bwd_tile_kernel(
-        U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
-        gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
-        tl.constexpr, BLOCK_J: tl.constexpr
-    ):
-        """Backward of the tiled forward: the two adjoint passes of the module docs, then ``d unary``.
-
-        Longer than 80 lines: a Triton kernel keeps its loops in one program (the passes share
-        the chain masks and pointers, and a helper per pass would take two dozen arguments)."""
-        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
-        base2 = (c64 * n * L)[:, None]
-        c3 = c64[:, None, None]
-        cm3 = cmask[:, None, None]
-        lab_i = tl.arange(0, BLOCK_I)
+    def _bwd_init(DM, DU, GS, base2, cmask, n, L, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
+        """Start of the backward: ``dx`` is zero at the last position, ``G_0 = dM'_0``."""
         lab_j = tl.arange(0, BLOCK_J)
-        # DU holds dx (the adjoint flowing out of the left-to-right messages) until the end.
         for j0 in range(0, L, BLOCK_J):
-            lj = j0 + lab_j
-            m2 = cmask[:, None] & (lj < L)[None, :]
+            lj, _, m2 = _tile(j0, lab_j, L, cmask)
             tl.store(
                 DU + base2 + (n - 1) * L + lj[None, :],
                 tl.zeros([BLOCK_C, BLOCK_J], tl.float32),
@@ -410,24 +395,29 @@ if _HAS_TRITON:
                 tl.load(DM + base2 + lj[None, :], mask=m2, other=0.0),
                 mask=m2,
             )
-        tl.debug_barrier()
-        # -- pass 1: k = n-2 .. 0, dx_k(a) = Σ_c w_f(a, c) F_{k+1}(c)
+
+    @triton.jit
+    def _bwd_dx_pass(
+        U, PHI, WGT, F, RF, DM, DU, base2, c3, cm3, cmask, length, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
+        inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+        BLOCK_J: tl.constexpr
+    ):
+        """Pass 1, ``k = n-2 .. 0``: ``dx_k(a) = Σ_c w_f(a, c) F_{k+1}(c)`` into ``DU``, with
+        ``F_{k+1} = dM_{k+1} + dx_{k+1}`` (``w_f`` the arg-max indicator at ``gamma == 0``)."""
+        lab_i = tl.arange(0, BLOCK_I)
+        lab_j = tl.arange(0, BLOCK_J)
         for i in range(0, n - 1):
             k = n - 2 - i
             ev = (k < length - 1)[:, None]
             for i0 in range(0, L, BLOCK_I):
-                ai = i0 + lab_i
-                aim = ai < L
-                m2a = cmask[:, None] & aim[None, :]
+                ai, aim, m2a = _tile(i0, lab_i, L, cmask)
                 acc = tl.zeros([BLOCK_C, BLOCK_I], tl.float32)
                 if not IS_MAX:
                     pa = base2 + k * L + ai[None, :]
                     x = tl.load(U + pa, mask=m2a, other=0.0).to(tl.float32)
                     x += tl.load(F + pa, mask=m2a, other=0.0)
                 for j0 in range(0, L, BLOCK_J):
-                    cj = j0 + lab_j
-                    cjm = cj < L
-                    m2c = cmask[:, None] & cjm[None, :]
+                    cj, cjm, m2c = _tile(j0, lab_j, L, cmask)
                     pc = base2 + (k + 1) * L + cj[None, :]
                     fa = tl.load(DM + pc, mask=m2c, other=0.0) + tl.load(
                         DU + pc, mask=m2c, other=0.0
@@ -446,6 +436,62 @@ if _HAS_TRITON:
                     acc += tl.sum(wf * fa[:, None, :], axis=2)
                 tl.store(DU + base2 + k * L + ai[None, :], tl.where(ev, acc, 0.0), mask=m2a)
             tl.debug_barrier()
+
+    @triton.jit
+    def _bwd_store_dphi(PHI, WGT, DPHI, DTAB, dphi, dw_acc, c3, c64, cmask, m3, a3, b3, k, n, L, s_pc, s_pa, s_pb,
+                        s_wc, s_wk, trunc, KIND: tl.constexpr):
+        """Hand one tile's ``dphi_k(a, c)`` to the form's tensors: the table itself (dense), or
+        ``w * dphi`` into the shared table and ``Σ dphi * t`` into the weight (weight x table), or
+        ``-Σ dphi * min(|a - c|, T)`` into the weight (truncated linear). Returns ``dw_acc``."""
+        if KIND == 0:
+            tl.store(
+                DPHI + c3 * ((n - 1) * L * L) + k * (L * L) + a3 * L + b3, dphi, mask=m3
+            )
+        elif KIND == 1:
+            w = _edge_weight(WGT, c64, cmask, k, s_wc, s_wk)
+            pt = DTAB + c3 * (L * L) + a3 * L + b3
+            tl.store(
+                pt, tl.load(pt, mask=m3, other=0.0) + w[:, None, None] * dphi, mask=m3
+            )
+            # phi = w * t, so dw = Σ dphi * t = Σ dphi * phi / w; take t directly
+            t = tl.load(PHI + c3 * s_pc + a3 * s_pa + b3 * s_pb, mask=m3, other=0.0)
+            dw_acc += tl.sum(tl.sum(dphi * t.to(tl.float32), axis=2), axis=1)
+        else:
+            d = tl.minimum(tl.abs(a3 - b3).to(tl.float32), trunc)
+            dw_acc -= tl.sum(tl.sum(dphi * d, axis=2), axis=1)
+        return dw_acc
+
+    @triton.jit
+    def _bwd_finish(DU, GS, base2, cmask, n, L, BLOCK_J: tl.constexpr):
+        """``d unary = dx + G`` (``G`` already holds ``dM' + dy``), into ``DU``."""
+        lab_j = tl.arange(0, BLOCK_J)
+        for k in range(0, n):
+            for j0 in range(0, L, BLOCK_J):
+                lj, _, m2 = _tile(j0, lab_j, L, cmask)
+                ptr = base2 + k * L + lj[None, :]
+                tot = tl.load(DU + ptr, mask=m2, other=0.0) + tl.load(GS + ptr, mask=m2, other=0.0)
+                tl.store(DU + ptr, tot, mask=m2)
+
+    @triton.jit
+    def _bwd_tile_kernel(
+        U, PHI, WGT, LEN, F, G, RF, RG, DM, DU, GS, DPHI, DTAB, DW, C, n, L, s_pc, s_pk, s_pa, s_pb, s_wc, s_wk,
+        gamma, inv_gamma, trunc, KIND: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I:
+        tl.constexpr, BLOCK_J: tl.constexpr
+    ):
+        """Backward of the tiled forward: the two adjoint passes of the module docs, then ``d unary``.
+
+        ``DU`` holds ``dx`` (the adjoint flowing out of the left-to-right messages) until the end;
+        ``GS`` holds ``G``."""
+        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
+        base2 = (c64 * n * L)[:, None]
+        c3 = c64[:, None, None]
+        cm3 = cmask[:, None, None]
+        lab_i = tl.arange(0, BLOCK_I)
+        lab_j = tl.arange(0, BLOCK_J)
+        _bwd_init(DM, DU, GS, base2, cmask, n, L, BLOCK_C, BLOCK_J)
+        tl.debug_barrier()
+        _bwd_dx_pass(U, PHI, WGT, F, RF, DM, DU, base2, c3, cm3, cmask, length, n, L, s_pc, s_pk, s_pa, s_pb,
+                     s_wc, s_wk, inv_gamma, trunc, KIND, IS_MAX, BLOCK_C, BLOCK_I, BLOCK_J)
         # -- pass 2: k = 0 .. n-2, G_{k+1} = dM_{k+1} + Σ_a G_k(a) w_g(a, ·); dphi_k
         for k in range(0, n - 1):
             ev = k < length - 1
@@ -453,9 +499,7 @@ if _HAS_TRITON:
             ev3 = ev[:, None, None]
             dw_acc = tl.zeros([BLOCK_C], tl.float32)
             for j0 in range(0, L, BLOCK_J):
-                cj = j0 + lab_j
-                cjm = cj < L
-                m2c = cmask[:, None] & cjm[None, :]
+                cj, cjm, m2c = _tile(j0, lab_j, L, cmask)
                 pc = base2 + (k + 1) * L + cj[None, :]
                 dm1 = tl.load(DM + pc, mask=m2c, other=0.0)
                 fa = dm1 + tl.load(DU + pc, mask=m2c, other=0.0)
@@ -467,9 +511,7 @@ if _HAS_TRITON:
                     y += tl.load(G + pc, mask=m2c, other=0.0)
                 dy = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
                 for i0 in range(0, L, BLOCK_I):
-                    ai = i0 + lab_i
-                    aim = ai < L
-                    m2a = cmask[:, None] & aim[None, :]
+                    ai, aim, m2a = _tile(i0, lab_i, L, cmask)
                     pa = base2 + k * L + ai[None, :]
                     ga = tl.load(GS + pa, mask=m2a, other=0.0)
                     m3 = cm3 & aim[None, :, None] & cjm[None, None, :]
@@ -495,36 +537,13 @@ if _HAS_TRITON:
                     tg = tl.where(keep, ga[:, :, None] * wg, 0.0)
                     dphi = tl.where(keep, wf * fa[:, None, :], 0.0) + tg
                     dy += tl.sum(tg, axis=1)
-                    if KIND == 0:
-                        tl.store(
-                            DPHI + c3 * ((n - 1) * L * L) + k * (L * L) + a3 * L + b3, dphi, mask=m3
-                        )
-                    elif KIND == 1:
-                        w = tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(
-                            tl.float32
-                        )
-                        pt = DTAB + c3 * (L * L) + a3 * L + b3
-                        tl.store(
-                            pt, tl.load(pt, mask=m3, other=0.0) + w[:, None, None] * dphi, mask=m3
-                        )
-                        # phi = w * t, so dw = Σ dphi * t = Σ dphi * phi / w; take t directly
-                        t = tl.load(PHI + c3 * s_pc + a3 * s_pa + b3 * s_pb, mask=m3, other=0.0)
-                        dw_acc += tl.sum(tl.sum(dphi * t.to(tl.float32), axis=2), axis=1)
-                    else:
-                        d = tl.minimum(tl.abs(a3 - b3).to(tl.float32), trunc)
-                        dw_acc -= tl.sum(tl.sum(dphi * d, axis=2), axis=1)
+                    dw_acc = _bwd_store_dphi(PHI, WGT, DPHI, DTAB, dphi, dw_acc, c3, c64, cmask, m3, a3, b3, k, n, L,
+                                             s_pc, s_pa, s_pb, s_wc, s_wk, trunc, KIND)
                 tl.store(GS + pc, tl.where(ev2, dm1 + dy, 0.0), mask=m2c)
             if KIND != 0:
                 tl.store(DW + c64 * (n - 1) + k, tl.where(ev, dw_acc, 0.0), mask=cmask)
             tl.debug_barrier()
-        # -- d unary = dx + G (G already holds dM' + dy)
-        for k in range(0, n):
-            for j0 in range(0, L, BLOCK_J):
-                lj = j0 + lab_j
-                m2 = cmask[:, None] & (lj < L)[None, :]
-                ptr = base2 + k * L + lj[None, :]
-                tot = tl.load(DU + ptr, mask=m2, other=0.0) + tl.load(GS + ptr, mask=m2, other=0.0)
-                tl.store(DU + ptr, tot, mask=m2)
+        _bwd_finish(DU, GS, base2, cmask, n, L, BLOCK_J)
 
     # ---------------------------------------------------------------------------------------
     # backward, Potts closed form (gamma > 0), O(L)
@@ -534,11 +553,7 @@ if _HAS_TRITON:
         U, WGT, LEN, F, G, DM, DU, DW, C, n, L, s_wc, s_wk, inv_gamma, wscale, BLOCK_C: tl.constexpr, BLOCK_L:
         tl.constexpr
     ):
-        cmask, length, c64 = _program_chains(LEN, C, BLOCK_C)
-        base2 = (c64 * n * L)[:, None]
-        lab = tl.arange(0, BLOCK_L)
-        lm = (lab < L)[None, :]
-        m2 = cmask[:, None] & lm
+        cmask, length, c64, base2, lab, lm, m2 = _linear_program(LEN, C, n, L, BLOCK_C, BLOCK_L)
         # pass 1 (right to left): dx_k = Σ_c w_f(·, c) F_{k+1}(c), F_{k+1} = dM_{k+1} + dx_{k+1}
         dx = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
         tl.store(DU + base2 + (n - 1) * L + lab[None, :], dx, mask=m2)
@@ -552,7 +567,7 @@ if _HAS_TRITON:
                 F + pk, mask=m2, other=0.0
             )
             f1 = tl.load(F + pk1, mask=m2, other=0.0)
-            w = tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(tl.float32) * wscale
+            w = _edge_weight(WGT, c64, cmask, k, s_wc, s_wk) * wscale
             out, diag = _potts_adj(x, f1, fa, w, inv_gamma, lm)
             dx = tl.where(ev[:, None], out, 0.0)
             tl.store(DU + pk, dx, mask=m2)
@@ -569,7 +584,7 @@ if _HAS_TRITON:
                 G + pk1, mask=m2, other=0.0
             )
             gk = tl.load(G + pk, mask=m2, other=0.0)
-            w = tl.load(WGT + c64 * s_wc + k * s_wk, mask=cmask, other=0.0).to(tl.float32) * wscale
+            w = _edge_weight(WGT, c64, cmask, k, s_wc, s_wk) * wscale
             # dy(c) = Σ_a exp((y(c) - w [a != c] - g_k(a)) / gamma) G_k(a): the same closed form
             out, diag = _potts_adj(y, gk, ga, w, inv_gamma, lm)
             dwg = -tl.sum(tl.where(lm, ga * (1.0 - diag), 0.0), axis=1) * wscale
@@ -804,6 +819,15 @@ class _ChainTriton(torch.autograd.Function):
         return d_unary, d_tables, d_weight, None, None, None, None, None
 
 
+def as_kernel_form(pairwise: ChainPairwise, num_labels: int) -> ChainPairwise:
+    """``pairwise`` itself when these kernels know its kind (dense, weighted, truncated linear),
+    else its dense tables as a dense form: a new chain form runs here without a kernel of its own
+    (autograd carries the tables' gradient back to the form's tensors)."""
+    if pairwise.kind in _KIND_CODE:
+        return pairwise
+    return DenseChainPairwise(tables=pairwise.dense(num_labels))
+
+
 def validate_chain_inputs(unary, pairwise, lengths, gamma) -> float:
     """The shared input checks without the host read of ``lengths`` (no device sync, and
     traceable by ``torch.compile``)."""
@@ -845,5 +869,6 @@ def chain_marginals_triton(
     gamma = validate_chain_inputs(unary, pairwise, lengths, gamma)
     if not unary.is_cuda and not INTERPRET:
         raise CRFValueError(f"expected CUDA tensors for the Triton kernels, got {unary.device}")
+    pairwise = as_kernel_form(pairwise, unary.shape[-1])
     tables, weight = pairwise.tensors()
     return _ChainTriton.apply(unary, tables, weight, lengths, gamma, pairwise, config, allow_sync)
