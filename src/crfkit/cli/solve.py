@@ -275,7 +275,8 @@ def _dd_map(model, iters: int, progress: bool, budget: float, seed: int):
         if bar is not None:
             bar.close()
     bound = float(res.dual.reshape(-1)[0])
-    left = max(0.0, budget - (time.perf_counter() - t0)) if budget > 0 else 0.0
+    # leave a little for scoring and writing the result (2% and 50 ms)
+    left = max(0.0, 0.98 * budget - 0.05 - (time.perf_counter() - t0)) if budget > 0 else 0.0
     r = improve_labels(
         mrf, res.labels.reshape(-1), res.marginals.reshape(mrf.num_nodes, -1), time_limit=left,
         upper_bound=bound, hard_score=model.hard_score, seed=seed,

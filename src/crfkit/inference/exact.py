@@ -35,6 +35,8 @@ __all__ = [
     "EliminationResult",
     "elimination_order",
     "eliminate",
+    "eliminate_arrays",
+    "greedy_elimination_order",
 ]
 
 #: Largest number of labellings :func:`enumerate_mrf` accepts.
@@ -351,7 +353,7 @@ def _neighbour_sets(edges, N: int) -> list[set[int]]:
     return adj
 
 
-def _greedy_order(adj: list[set[int]], cards: list[int], rule: str, max_entries: int, max_total: int):
+def greedy_elimination_order(adj: list[set[int]], cards: list[int], rule: str, max_entries: int, max_total: int):
     """One greedy elimination order: ``rule`` ``"min-fill"`` or ``"min-degree"`` (weighted by the
     table size), ties broken by the other measure and then by the table size. Returns
     ``(order, largest table, total entries)``, or ``None`` once a table would exceed ``max_entries``
@@ -407,7 +409,7 @@ def elimination_order(
     adj = _neighbour_sets(mrf.edges.detach().cpu().tolist(), N)
     best = None
     for rule in ("min-fill", "min-degree"):
-        got = _greedy_order(adj, cards, rule, max_entries, max_total)
+        got = greedy_elimination_order(adj, cards, rule, max_entries, max_total)
         if got is not None and (best is None or got[2] < best[2]):
             best = got
     return None if best is None else (best[0], best[1])
@@ -479,9 +481,29 @@ def eliminate(
     order, largest = got
     un = mrf.unary.detach().double().cpu().numpy()
     tab = mrf.edge_tables().detach().double().cpu().numpy()
+    unary = [un[i, : cards[i]] for i in range(N)]
+    pairs = mrf.edges.detach().cpu().tolist()
+    tables = [tab[e, : cards[a], : cards[b]] for e, (a, b) in enumerate(pairs)]
+    value, x = eliminate_arrays(unary, pairs, tables, order, semiring)
+    labels = None if x is None else torch.from_numpy(x).to(mrf.edges.device)
+    return EliminationResult(value=value, labels=labels, order=order, largest_table=int(largest))
+
+
+def eliminate_arrays(unary: list, pairs: list, tables: list, order: list[int], semiring: str = "max"):
+    """The elimination of :func:`eliminate` on plain numpy tables (no checks).
+
+    Args:
+        unary: per variable, its scores ``[card_i]``. pairs: ``[(i, j), ...]``; tables: per pair,
+            its scores ``[card_i, card_j]``. order: every variable once. semiring: ``"max"``/``"sum"``.
+
+    Returns:
+        ``(value, labels [N] int64 or None)``.
+    """
+    import numpy as np
+
+    N = len(unary)
     buckets: list[list] = [[] for _ in range(N)]  # factors waiting for their first-eliminated variable
     rank = {v: k for k, v in enumerate(order)}
-
     constants: list[float] = []
 
     def put(vs: tuple, t) -> None:
@@ -491,9 +513,9 @@ def eliminate(
             constants.append(float(t))
 
     for i in range(N):
-        put((i,), un[i, : cards[i]])
-    for e, (a, b) in enumerate(mrf.edges.detach().cpu().tolist()):
-        put((a, b), tab[e, : cards[a], : cards[b]])
+        put((i,), unary[i])
+    for (a, b), t in zip(pairs, tables):
+        put((a, b), t)
     argmaxes = {}
     for v in order:
         fs = buckets[v]
@@ -509,11 +531,10 @@ def eliminate(
             red = (np.log(np.exp(t - m).sum(ax, keepdims=True)) + m).squeeze(ax)
         put(rest, red)
     value = float(sum(constants))
-    labels = None
-    if semiring == "max":
-        x = np.zeros(N, dtype=np.int64)
-        for v in reversed(order):
-            rest, am = argmaxes[v]
-            x[v] = am[tuple(x[u] for u in rest)] if rest else am
-        labels = torch.from_numpy(x).to(mrf.edges.device)
-    return EliminationResult(value=value, labels=labels, order=order, largest_table=int(largest))
+    if semiring != "max":
+        return value, None
+    x = np.zeros(N, dtype=np.int64)
+    for v in reversed(order):
+        rest, am = argmaxes[v]
+        x[v] = am[tuple(x[u] for u in rest)] if rest else am
+    return value, x
