@@ -124,15 +124,17 @@ def solve_file(
     Args:
         model_path: the ``.uai`` model. task: ``"MAP"`` or ``"MAR"``.
         evidence_path: an optional ``.evid`` file (observed variables are fixed).
-        iters: MAP: dual-decomposition iterations; MAR: the cap on BP sweeps.
+        iters: MAP: the cap on dual-decomposition iterations; MAR: the cap on BP sweeps.
         out: the result file (default: ``MODEL.uai.MAP`` / ``MODEL.uai.MAR`` beside the model);
             the summary goes to ``out + ".json"``.
         method: MAP: ``"auto"`` (default: exact variable elimination when its tables fit in
             :data:`crfkit.inference.exact.MAX_TABLE_ENTRIES`, else dual decomposition), ``"exact"``
             (variable elimination; an error when the model is too large) or ``"dd"``; MAR:
             ``"trbp"`` (default), ``"bethe"`` or ``"exact"``.
-        time_limit: MAP with dual decomposition: seconds for the whole solve; what the solver
-            leaves is spent on the local search (``0``: only its deterministic polish).
+        time_limit: MAP with dual decomposition: seconds for the whole solve: the solver takes
+            at most :data:`DD_SHARE` of it (fewer than ``iters`` iterations if need be), the
+            local search the rest (``0``: no limit: ``iters`` iterations, then only the
+            deterministic polish).
         seed: seed of the local search.
         dtype: ``"float64"`` (default) or ``"float32"``.
         progress: show a progress bar on stderr.
@@ -248,14 +250,16 @@ def _exact_map(model):
     return eliminate(model.mrf, model.cardinalities).labels
 
 
-def _dd_map(model, iters: int, progress: bool, budget: float, seed: int):
-    """Dual decomposition, then local search in the time left of ``budget`` seconds;
-    returns (labels [N], bound, iterations, rounding info)."""
-    from ..inference.dual_decomposition import solve_map
-    from ..inference.rounding import improve_labels
+#: Share of the MAP time limit the dual decomposition may take (the local search gets the rest).
+DD_SHARE = 0.4
+#: Iterations of the first, timed dual-decomposition run that sizes the second.
+PROBE_ITERS = 10
 
-    t0 = time.perf_counter()
-    mrf = model.mrf
+
+def _run_dd(mrf, iters: int, progress: bool):
+    """``solve_map`` for ``iters`` iterations, with a progress bar."""
+    from ..inference.dual_decomposition import solve_map
+
     bar, callback = None, None
     if progress:
         from tqdm.auto import tqdm
@@ -270,13 +274,34 @@ def _dd_map(model, iters: int, progress: bool, budget: float, seed: int):
                 )
 
     try:
-        res = solve_map(mrf, iters=iters, callback=callback)
+        return solve_map(mrf, iters=iters, callback=callback)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _dd_map(model, iters: int, progress: bool, budget: float, seed: int):
+    """Dual decomposition, then local search, in ``budget`` seconds (``0``: ``iters`` iterations and
+    the deterministic polish only); returns (labels [N], bound, iterations, rounding info).
+
+    With a budget, a first run of :data:`PROBE_ITERS` iterations times one iteration; the second
+    run gets as many (at most ``iters``) as fit in :data:`DD_SHARE` of the budget.
+    """
+    from ..inference.rounding import improve_labels
+
+    t0 = time.perf_counter()
+    mrf = model.mrf
+    if budget > 0 and iters > PROBE_ITERS:
+        res = _run_dd(mrf, PROBE_ITERS, progress)
+        spent = time.perf_counter() - t0
+        n = min(iters, int((DD_SHARE * budget - spent) / (spent / PROBE_ITERS)))
+        if n > PROBE_ITERS:
+            res = _run_dd(mrf, n, progress)
+    else:
+        res = _run_dd(mrf, iters, progress)
     bound = float(res.dual.reshape(-1)[0])
-    # leave a little for scoring and writing the result (2% and 50 ms)
-    left = max(0.0, 0.98 * budget - 0.05 - (time.perf_counter() - t0)) if budget > 0 else 0.0
+    # leave a little for scoring and writing the result (5% and 0.1 s)
+    left = max(0.0, 0.95 * budget - 0.1 - (time.perf_counter() - t0)) if budget > 0 else 0.0
     r = improve_labels(
         mrf, res.labels.reshape(-1), res.marginals.reshape(mrf.num_nodes, -1), time_limit=left,
         upper_bound=bound, hard_score=model.hard_score, seed=seed,
@@ -308,7 +333,8 @@ def register(app) -> None:
         iters: Annotated[
             int,
             typer.Option(
-                "--iters", min=1, help="MAP: dual-decomposition iterations; MAR: cap on BP sweeps."
+                "--iters", min=1, help="MAP: cap on dual-decomposition iterations (fewer if the time limit needs it); "
+                "MAR: cap on BP sweeps."
             ),
         ] = 1000,
         out: Annotated[
