@@ -382,22 +382,22 @@ def register(app) -> None:
         except (CRFValueError, CRFTypeError, ValueError, ImportError, OSError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(code=2) from None
-        typer.echo(f"{s['task']} of {s['model']}: {s['variables']} variables, {s['edges']} edges")
-        if s["task"] == "MAP":
-            typer.echo(f"score       {_fmt(s['score'])}  (log10 {_fmt(s['log10_score'])})")
-            typer.echo(f"dual bound  {_fmt(s['dual_bound'])}  (no labelling scores more)")
-            typer.echo(f"gap         {_fmt(s['gap'])}  (relative {s['relative_gap']:.3g})")
-            if not s["feasible"]:
-                typer.echo(
-                    "warning: no feasible labelling found: the labelling uses a zero factor value",
-                    err=True,
-                )
-        else:
-            kind = "upper bound on log Z" if s["upper_bound"] else "estimate of log Z"
-            typer.echo(
-                f"log Z       {_fmt(s['log_partition'])}  "
-                f"({kind}; log10 {_fmt(s['log10_partition'])})"
-            )
-            if not s["converged"]:
-                typer.echo(f"warning: BP did not converge in {s['iterations']} sweeps", err=True)
-        typer.echo(f"wrote {s['result_file']} and {s['summary_file']} in {s['seconds']:.3g} s")
+        _echo_summary(s, typer.echo)
+
+
+def _echo_summary(s: dict, echo) -> None:
+    """The lines ``crfkit solve`` prints after solving (warnings to stderr)."""
+    echo(f"{s['task']} of {s['model']}: {s['variables']} variables, {s['edges']} edges")
+    if s["task"] == "MAP":
+        echo(f"score       {_fmt(s['score'])}  (log10 {_fmt(s['log10_score'])})")
+        echo(f"dual bound  {_fmt(s['dual_bound'])}  (no labelling scores more; {s['certificate_source']})")
+        optimal = "  optimal" if s["optimal"] else ""
+        echo(f"gap         {_fmt(s['gap'])}  (relative {s['relative_gap']:.3g}){optimal}")
+        if not s["feasible"]:
+            echo("warning: no feasible labelling found: the labelling uses a zero factor value", err=True)
+    else:
+        kind = "upper bound on log Z" if s["upper_bound"] else "estimate of log Z"
+        echo(f"log Z       {_fmt(s['log_partition'])}  ({kind}; log10 {_fmt(s['log10_partition'])})")
+        if not s["converged"]:
+            echo(f"warning: BP did not converge in {s['iterations']} sweeps", err=True)
+    echo(f"wrote {s['result_file']} and {s['summary_file']} in {s['seconds']:.3g} s")
