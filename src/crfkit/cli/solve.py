@@ -178,11 +178,12 @@ def _solve_map(model, model_path, out: Path, method: str, iters: int, progress: 
 
     mrf = model.mrf
     t1 = time.perf_counter()
+    plan = None
     if method == "auto":
-        fits = elimination_order(mrf, model.cardinalities) is not None
-        method = "exact" if fits else "dd"
+        plan = elimination_order(mrf, model.cardinalities)
+        method = "dd" if plan is None else "exact"
     if method == "exact":
-        labels, rinfo, bound, iterations = _exact_map(model), None, None, 0
+        labels, rinfo, bound, iterations = _exact_map(model, plan), None, None, 0
     else:
         labels, bound, iterations, rinfo = _dd_map(model, iters, progress, budget, seed)
     score = float(mrf.score(labels)) + model.constant
@@ -243,11 +244,12 @@ def _solve_mar(model, out: Path, method: str, iters: int, progress: bool) -> dic
     }
 
 
-def _exact_map(model):
-    """A MAP labelling by variable elimination over the labels within each variable's cardinality."""
+def _exact_map(model, plan=None):
+    """A MAP labelling by variable elimination over the labels within each variable's cardinality
+    (``plan``: an elimination order already found)."""
     from ..inference.exact import eliminate
 
-    return eliminate(model.mrf, model.cardinalities).labels
+    return eliminate(model.mrf, model.cardinalities, order=plan).labels
 
 
 #: Share of the MAP time limit the dual decomposition may take (the local search gets the rest).
@@ -300,8 +302,8 @@ def _dd_map(model, iters: int, progress: bool, budget: float, seed: int):
     else:
         res = _run_dd(mrf, iters, progress)
     bound = float(res.dual.reshape(-1)[0])
-    # leave a little for scoring and writing the result (5% and 0.1 s)
-    left = max(0.0, 0.95 * budget - 0.1 - (time.perf_counter() - t0)) if budget > 0 else 0.0
+    # leave a little for scoring and writing the result, and for the last move past the deadline
+    left = max(0.0, 0.92 * budget - 0.15 - (time.perf_counter() - t0)) if budget > 0 else 0.0
     r = improve_labels(
         mrf, res.labels.reshape(-1), res.marginals.reshape(mrf.num_nodes, -1), time_limit=left,
         upper_bound=bound, hard_score=model.hard_score, seed=seed,

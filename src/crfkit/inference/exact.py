@@ -442,6 +442,7 @@ def eliminate(
     semiring: str = "max",
     max_entries: int = MAX_TABLE_ENTRIES,
     max_total: int = MAX_TOTAL_ENTRIES,
+    order: tuple[list[int], int] | None = None,
 ) -> EliminationResult:
     """Exact MAP (``semiring="max"``) or log-partition (``"sum"``) of an unbatched model by variable elimination.
 
@@ -456,6 +457,7 @@ def eliminate(
             (the UAI reader pads the others with its hard score).
         semiring: ``"max"`` or ``"sum"``.
         max_entries: the largest table allowed. max_total: the largest sum of table sizes allowed.
+        order: ``(order, largest table)`` from :func:`elimination_order` (computed when ``None``).
 
     Raises:
         CRFValueError: a batched model, a bad ``semiring``, or no order within ``max_entries``.
@@ -471,7 +473,7 @@ def eliminate(
     cards = [L] * N if cardinalities is None else [int(c) for c in cardinalities]
     if len(cards) != N or min(cards, default=1) < 1 or max(cards, default=1) > L:
         raise CRFValueError(f"expected {N} cardinalities in [1, {L}], got {cards}")
-    got = elimination_order(mrf, cards, max_entries=max_entries, max_total=max_total)
+    got = order if order is not None else elimination_order(mrf, cards, max_entries=max_entries, max_total=max_total)
     if got is None:
         raise CRFValueError(
             f"expected a model whose elimination tables fit in max_entries = {max_entries} (max_total = "
@@ -524,8 +526,9 @@ def eliminate_arrays(unary: list, pairs: list, tables: list, order: list[int], s
         ax = scope.index(v)
         rest = tuple(u for u in scope if u != v)
         if semiring == "max":
-            argmaxes[v] = (rest, t.argmax(ax))
-            red = t.max(ax)
+            am = t.argmax(ax)
+            argmaxes[v] = (rest, am)
+            red = np.take_along_axis(t, np.expand_dims(am, ax), ax).squeeze(ax)
         else:
             m = t.max(ax, keepdims=True)
             red = (np.log(np.exp(t - m).sum(ax, keepdims=True)) + m).squeeze(ax)

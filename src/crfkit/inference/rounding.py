@@ -208,7 +208,7 @@ class LocalSearch:
                 i, j = a[acc], a[acc] + 1
                 X[i], X[j] = X[j], X[i].copy()
                 S[i], S[j] = S[j], S[i].copy()
-            if n % 16 == 0 and time.perf_counter() > deadline:
+            if n % 4 == 0 and time.perf_counter() > deadline:
                 break
         return best_x, best, n
 
