@@ -2,7 +2,8 @@
 
 MAP (``method="auto"``, the default): exact variable elimination
 (:func:`crfkit.inference.exact.eliminate`, min-fill / min-degree order) when every table it
-builds fits in :data:`~crfkit.inference.exact.MAX_TABLE_ENTRIES`; the labelling is then
+builds fits in :data:`~crfkit.inference.exact.MAX_TABLE_ENTRIES` and all of them together in
+:data:`~crfkit.inference.exact.MAX_TOTAL_ENTRIES` (a few seconds); the labelling is then
 optimal (``optimal: true``, gap 0, ``certificate_source: "exact"``).  Otherwise dual
 decomposition into chains (:func:`crfkit.solve_map`), then a local search on its labelling
 and max-marginals (:func:`crfkit.inference.rounding.improve_labels`) in what is left of
@@ -128,7 +129,8 @@ def solve_file(
         out: the result file (default: ``MODEL.uai.MAP`` / ``MODEL.uai.MAR`` beside the model);
             the summary goes to ``out + ".json"``.
         method: MAP: ``"auto"`` (default: exact variable elimination when its tables fit in
-            :data:`crfkit.inference.exact.MAX_TABLE_ENTRIES`, else dual decomposition), ``"exact"``
+            :data:`crfkit.inference.exact.MAX_TABLE_ENTRIES`, all of them in ``MAX_TOTAL_ENTRIES``,
+            else dual decomposition), ``"exact"``
             (variable elimination; an error when the model is too large) or ``"dd"``; MAR:
             ``"trbp"`` (default), ``"bethe"`` or ``"exact"``.
         time_limit: MAP with dual decomposition: seconds for the whole solve: the solver takes
