@@ -3,7 +3,7 @@
 One command::
 
     python benchmarks/bench_uai.py [--data ../shared/uai] [--out benchmarks/results/]
-        [--iters 500] [--time-limit 10] [--tb2-time 10] [--no-mar] [--only NAME ...]
+        [--iters 500] [--time-limit 10] [--tb2-time 10] [--no-mar] [--no-toulbar2] [--only NAME ...]
 
 The data folder (not part of the repository) holds ``NAME.uai`` files, their ``.evid``/``.MAR``
 files and ``solutions.json`` (reference values, log10 units); the script says so and exits 0
@@ -12,12 +12,12 @@ when it is absent.  Per instance it runs, through the functions ``crfkit solve``
 
 - MAP (``--method auto``: exact variable elimination when its tables are small enough, else
   dual decomposition then the local search of :mod:`crfkit.inference.rounding`, all within
-  ``--time-limit`` seconds): the labelling's log10 value, recomputed here from the raw file by a plain-Python evaluator (an
-  independent check of the reader), against the optimum / best known; the certificate (log10)
-  against the optimum; where the certificate comes from (``exact`` or ``dual decomposition``);
-  the relative gap; the time; whether the issue's target is met (within 0.1% of a proven
-  optimum, a valid certificate and at most 10 s; on a best-known-only instance, at least
-  toulbar2's value);
+  ``--time-limit`` seconds): the labelling's log10 value, recomputed here from the raw file
+  by a plain-Python evaluator (an independent check of the reader), against the optimum or
+  best known; the certificate (log10) against the optimum; where the certificate comes from
+  (``exact`` or ``dual decomposition``); the relative gap; the time; whether the issue's
+  target is met (within 0.1% of a proven optimum, a valid certificate and at most 10 s; on a
+  best-known-only instance, at least toulbar2's value);
 - MAR with ``trbp`` (an upper bound on log Z) and ``bethe``: log10 Z against the exact value, and
   the largest absolute marginal error against the reference ``.MAR``;
 - toulbar2 (``pytoulbar2``, in a subprocess, ``--tb2-time`` seconds) on the same file: the row

@@ -462,7 +462,6 @@ def eliminate(
     Raises:
         CRFValueError: a batched model, a bad ``semiring``, or no order within ``max_entries``.
     """
-    import numpy as np
 
     mrf = _check_mrf(mrf)
     if mrf.batched:
