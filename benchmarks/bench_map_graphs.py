@@ -3,7 +3,7 @@
 One command::
 
     python benchmarks/bench_map_graphs.py [--out benchmarks/results/] [--quick]
-        [--iters 1000] [--issue-iters 2000] [--tb2-time 60] [--seed 0] [--round-time 5]
+        [--iters 1000] [--issue-iters 2000] [--tb2-time 60] [--seed 0] [--round-time 5] [--only NAME ...]
 
 For every model it reports
 
@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-toulbar2", action="store_true")
+    ap.add_argument("--only", nargs="*", help="run only the models whose name contains one of these")
     ap.add_argument(
         "--round-time", type=float, default=5.0, help="seconds of local search after solve_map (0: none)"
     )
@@ -273,6 +274,8 @@ def main(argv=None) -> int:
 
     rows = []
     for name, make, iters in cases(args.quick, args.iters, args.issue_iters):
+        if args.only and not any(o in name for o in args.only):
+            continue
         model = make(args.seed)
         u, e, t = arrays(model)
         print(

@@ -108,3 +108,26 @@ def test_hard_zeros_are_avoided_when_a_feasible_labelling_exists():
     r = improve_labels(m.mrf, start, time_limit=1.0, hard_score=m.hard_score, upper_bound=opt)
     assert m.is_feasible(r.labels)
     assert r.score == pytest.approx(opt, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_moves_are_exact_given_the_rest(seed):
+    mrf, unary, pairs, tabs = _model(200 + seed, N=9, L=3, p=0.45)
+    ls = LocalSearch(mrf)
+    rng = np.random.default_rng(seed)
+    opt, _ = _brute(unary, pairs, tabs)
+    whole = ls.block_move(rng.integers(0, 3, size=9), np.arange(9), max_entries=1 << 20)
+    assert ls.score(whole) == pytest.approx(opt, abs=1e-9)  # the block is the whole model
+    for _ in range(5):
+        x = rng.integers(0, 3, size=9)
+        block = ls.ball(int(rng.integers(9)), 4, rng)
+        y = ls.block_move(x, block, max_entries=1 << 20)
+        outside = np.setdiff1d(np.arange(9), block)
+        assert (y[outside] == x[outside]).all()
+        best = -np.inf  # the best labels of the block given the rest, by enumeration
+        for lab in itertools.product(range(3), repeat=len(block)):
+            z = x.copy()
+            z[block] = lab
+            best = max(best, float(mrf.score(torch.from_numpy(z))))
+        assert ls.score(y) == pytest.approx(best, abs=1e-9)
+    assert ls.block_move(x, np.arange(9), max_entries=2) is None  # no table of 2 entries will do

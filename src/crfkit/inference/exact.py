@@ -30,6 +30,13 @@ __all__ = [
     "tree_sum_product",
     "tree_max_product",
     "is_forest",
+    "MAX_TABLE_ENTRIES",
+    "MAX_TOTAL_ENTRIES",
+    "EliminationResult",
+    "elimination_order",
+    "eliminate",
+    "eliminate_arrays",
+    "greedy_elimination_order",
 ]
 
 #: Largest number of labellings :func:`enumerate_mrf` accepts.
@@ -309,3 +316,244 @@ def tree_max_product(mrf: GraphMRF) -> ExactResult:
         ``labels [N]`` a MAP labelling, ``max_score`` its score (leading ``B`` when batched).
     """
     return _tree_pass(mrf, "max")
+
+
+# ---------------------------------------------------------------------------- variable elimination
+
+#: Largest table (entries) :func:`eliminate` builds by default (``2**25``: 256 MiB in float64).
+MAX_TABLE_ENTRIES = 1 << 25
+#: Largest sum of the table sizes :func:`eliminate` builds by default (a few seconds of numpy).
+MAX_TOTAL_ENTRIES = 1 << 27
+
+
+@dataclass
+class EliminationResult:
+    """Exact MAP (or log-partition) of a model by variable elimination.
+
+    Attributes:
+        value: the max score (``semiring="max"``) or ``log Σ_x exp(score(x))`` (``"sum"``), over
+            the labellings with ``x_i < cardinalities[i]``.
+        labels: ``[N]`` long, a labelling that reaches the max score (``None`` for ``"sum"``).
+        order: the elimination order used.
+        largest_table: entries of the largest table built.
+    """
+
+    value: float
+    labels: torch.Tensor | None
+    order: list[int]
+    largest_table: int
+
+
+def _neighbour_sets(edges, N: int) -> list[set[int]]:
+    adj: list[set[int]] = [set() for _ in range(N)]
+    for a, b in edges:
+        if a != b:
+            adj[a].add(b)
+            adj[b].add(a)
+    return adj
+
+
+def greedy_elimination_order(adj: list[set[int]], cards: list[int], rule: str, max_entries: int, max_total: int):
+    """One greedy elimination order: ``rule`` ``"min-fill"`` or ``"min-degree"`` (weighted by the
+    table size), ties broken by the other measure and then by the table size. Returns
+    ``(order, largest table, total entries)``, or ``None`` once a table would exceed ``max_entries``
+    or the total ``max_total``.
+    """
+    adj = [set(s) for s in adj]
+    alive = set(range(len(adj)))
+
+    def key(v: int):
+        nb = adj[v]
+        size = cards[v]
+        for u in nb:
+            size *= cards[u]
+        fill = 0
+        if rule == "min-fill" or len(nb) < 12:
+            nbl = list(nb)
+            fill = sum(1 for i, a in enumerate(nbl) for b in nbl[i + 1 :] if b not in adj[a])
+        return (fill, size) if rule == "min-fill" else (size, fill)
+
+    cache = {v: key(v) for v in alive}
+    order, largest, work = [], 0, 0
+    while alive:
+        v = min(alive, key=lambda u: (cache[u], u))
+        size = cache[v][1] if rule == "min-fill" else cache[v][0]
+        largest, work = max(largest, size), work + size
+        if size > max_entries or work > max_total:
+            return None
+        nb = adj[v]
+        touched = set(nb)
+        for a in nb:
+            adj[a] |= nb
+            adj[a].discard(a)
+            adj[a].discard(v)
+            touched |= adj[a]
+        alive.discard(v)
+        order.append(v)
+        for u in touched & alive:
+            cache[u] = key(u)
+    return order, largest, work
+
+
+def elimination_order(
+    mrf: GraphMRF, cardinalities=None, *, max_entries: int = MAX_TABLE_ENTRIES, max_total: int = MAX_TOTAL_ENTRIES
+):
+    """The cheaper of a greedy min-fill and a greedy min-degree elimination order of ``mrf``'s graph.
+
+    Returns ``(order, largest table)`` with every table (an eliminated variable and its neighbours
+    at that point, ``Π card``) at most ``max_entries`` and their sum at most ``max_total``, or
+    ``None`` when both orders need more.
+    """
+    N = mrf.num_nodes
+    cards = [mrf.num_labels] * N if cardinalities is None else [int(c) for c in cardinalities]
+    adj = _neighbour_sets(mrf.edges.detach().cpu().tolist(), N)
+    best = None
+    for rule in ("min-fill", "min-degree"):
+        got = greedy_elimination_order(adj, cards, rule, max_entries, max_total)
+        if got is not None and (best is None or got[2] < best[2]):
+            best = got
+    return None if best is None else (best[0], best[1])
+
+
+def _combine(factors, scope: list[int]):
+    """Sum of ``(vars, table)`` factors broadcast over ``scope`` (tables indexed in their vars' order)."""
+    import numpy as np
+
+    pos = {v: k for k, v in enumerate(scope)}
+    total, owned = None, False
+    for vs, t in factors:
+        axes = sorted(range(len(vs)), key=lambda k: pos[vs[k]])
+        t = np.transpose(t, axes)
+        shape = [1] * len(scope)
+        for new, k in enumerate(axes):
+            shape[pos[vs[k]]] = t.shape[new]
+        t = t.reshape(shape)
+        if total is not None and owned and np.broadcast_shapes(total.shape, t.shape) == total.shape:
+            total += t  # in place: a table this function made
+        else:
+            total, owned = (t, False) if total is None else (total + t, True)
+    return total
+
+
+def eliminate(
+    mrf: GraphMRF,
+    cardinalities=None,
+    *,
+    semiring: str = "max",
+    max_entries: int = MAX_TABLE_ENTRIES,
+    max_total: int = MAX_TOTAL_ENTRIES,
+    order: tuple[list[int], int] | None = None,
+) -> EliminationResult:
+    """Exact MAP (``semiring="max"``) or log-partition (``"sum"``) of an unbatched model by variable elimination.
+
+    Variables are eliminated in :func:`elimination_order`; each step adds up the tables that
+    hold the variable and maximises (log-sum-exps) it out, keeping the argmax; the labels are
+    then read back in the reverse order.  Cost: the sum of the table sizes (at most
+    ``max_total``), each at most ``max_entries``.
+
+    Args:
+        mrf: unbatched :class:`crfkit.GraphMRF`.
+        cardinalities: optional ``[N]``: only labels ``x_i < cardinalities[i]`` are considered
+            (the UAI reader pads the others with its hard score).
+        semiring: ``"max"`` or ``"sum"``.
+        max_entries: the largest table allowed. max_total: the largest sum of table sizes allowed.
+        order: ``(order, largest table)`` from :func:`elimination_order` (computed when ``None``).
+
+    Raises:
+        CRFValueError: a batched model, a bad ``semiring``, or no order within ``max_entries``.
+    """
+
+    mrf = _check_mrf(mrf)
+    if mrf.batched:
+        raise CRFValueError(f"expected an unbatched model (unary [N, L]), got a batch of {mrf.batch_size}")
+    if semiring not in ("max", "sum"):
+        raise CRFValueError(f"expected semiring 'max' or 'sum', got {semiring!r}")
+    N, L = mrf.num_nodes, mrf.num_labels
+    cards = [L] * N if cardinalities is None else [int(c) for c in cardinalities]
+    if len(cards) != N or min(cards, default=1) < 1 or max(cards, default=1) > L:
+        raise CRFValueError(f"expected {N} cardinalities in [1, {L}], got {cards}")
+    got = order if order is not None else elimination_order(mrf, cards, max_entries=max_entries, max_total=max_total)
+    if got is None:
+        raise CRFValueError(
+            f"expected a model whose elimination tables fit in max_entries = {max_entries} (max_total = "
+            f"{max_total} in all), got one that needs "
+            f"more (N = {N}, E = {mrf.num_edges}, L = {L}); use method 'dd'"
+        )
+    order, largest = got
+    un = mrf.unary.detach().double().cpu().numpy()
+    tab = mrf.edge_tables().detach().double().cpu().numpy()
+    unary = [un[i, : cards[i]] for i in range(N)]
+    pairs = mrf.edges.detach().cpu().tolist()
+    tables = [tab[e, : cards[a], : cards[b]] for e, (a, b) in enumerate(pairs)]
+    value, x = eliminate_arrays(unary, pairs, tables, order, semiring)
+    labels = None if x is None else torch.from_numpy(x).to(mrf.edges.device)
+    return EliminationResult(value=value, labels=labels, order=order, largest_table=int(largest))
+
+
+def _row_max(t2):
+    """Max and argmax of every row of ``t2 [R, c]`` (column by column: fast for few columns)."""
+    import numpy as np
+
+    if t2.shape[1] > 4:
+        am = t2.argmax(1)
+        return t2[np.arange(t2.shape[0]), am], am
+    best = t2[:, 0].copy()
+    am = np.zeros(t2.shape[0], dtype=np.int64)
+    for k in range(1, t2.shape[1]):
+        col = t2[:, k]
+        better = col > best
+        am[better] = k
+        np.maximum(best, col, out=best)
+    return best, am
+
+
+def eliminate_arrays(unary: list, pairs: list, tables: list, order: list[int], semiring: str = "max"):
+    """The elimination of :func:`eliminate` on plain numpy tables (no checks).
+
+    Args:
+        unary: per variable, its scores ``[card_i]``. pairs: ``[(i, j), ...]``; tables: per pair,
+            its scores ``[card_i, card_j]``. order: every variable once. semiring: ``"max"``/``"sum"``.
+
+    Returns:
+        ``(value, labels [N] int64 or None)``.
+    """
+    import numpy as np
+
+    N = len(unary)
+    buckets: list[list] = [[] for _ in range(N)]  # factors waiting for their first-eliminated variable
+    rank = {v: k for k, v in enumerate(order)}
+    constants: list[float] = []
+
+    def put(vs: tuple, t) -> None:
+        if vs:
+            buckets[min(vs, key=rank.__getitem__)].append((vs, t))
+        else:
+            constants.append(float(t))
+
+    for i in range(N):
+        put((i,), unary[i])
+    for (a, b), t in zip(pairs, tables):
+        put((a, b), t)
+    argmaxes = {}
+    for v in order:
+        fs = buckets[v]
+        rest = tuple(sorted({u for vs, _ in fs for u in vs} - {v}))
+        t = _combine(fs, [*rest, v])  # v last
+        shape = t.shape[:-1]
+        t2 = t.reshape(-1, t.shape[-1])  # a 2-D view: rows = the other variables, columns = v's labels
+        if semiring == "max":
+            red, am = _row_max(t2)
+            argmaxes[v] = (rest, am.reshape(shape))
+            red = red.reshape(shape)
+        else:
+            m = t2.max(1, keepdims=True)
+            red = (np.log(np.exp(t2 - m).sum(1)) + m[:, 0]).reshape(shape)
+        put(rest, red)
+    value = float(sum(constants))
+    if semiring != "max":
+        return value, None
+    x = np.zeros(N, dtype=np.int64)
+    for v in reversed(order):
+        rest, am = argmaxes[v]
+        x[v] = am[tuple(x[u] for u in rest)] if rest else am
+    return value, x

@@ -11,11 +11,17 @@ its summed max-marginals ``[N, L]``) and searches for better labellings, within 
    of the graph puts nodes that share no edge in one class, and all nodes of a class move at
    once to their best label given the rest (exact, so the score never decreases), until no
    node changes.
-3. **Annealed restarts.** Simulated annealing by chromatic heat-bath sampling (each class
-   sampled from ``softmax(conditional / T)``, ``T`` lowered geometrically from the model's
-   typical local spread to 1% of it), started from the best labelling or from the
-   max-marginals sampled at a temperature, each run finished by ICM. The best labelling seen
-   is kept.
+3. **Block moves** (large-neighbourhood search). A random breadth-first ball of nodes gets
+   its exact best labels given the rest, by variable elimination
+   (:func:`crfkit.inference.exact.eliminate_arrays`, min-fill order); the ball grows while
+   its largest elimination table stays within ``block_entries`` and shrinks when it does not
+   (on a 20 x 20 grid that is about 200 nodes).  Moves that keep the score are taken, so the
+   search walks plateaus; after ``block_moves`` moves in a row without a gain comes:
+4. **Annealed restarts.** Parallel tempering by chromatic heat-bath sampling (each class
+   sampled from ``softmax(conditional / T)`` at ``replicas`` temperatures between
+   ``t_range`` times the model's typical local spread), started from the best labelling or,
+   for the hotter half, from the max-marginals sampled at a temperature; the best labelling
+   it sees is polished (ICM and random exact forest moves), and the block moves resume.
 
 It stops early when the best score reaches ``upper_bound`` (a certificate such as
 ``MAPResult.dual``: gap 0 proves the labelling optimal) or when the time limit runs out.
@@ -24,7 +30,9 @@ The returned labelling is never worse than the one given (its score is recompute
 
 Hard constraints: pass ``hard_score`` (:attr:`crfkit.io.uai.UAIModel.hard_score`) so the
 temperature scale ignores the forbidden entries; at every temperature used, a forbidden entry
-is ``e^{-64/T}``-unlikely or less and ICM never picks one when an allowed label exists.
+is ``e^{-64/T}``-unlikely or less; ICM never picks one when an allowed label exists, and a
+block move (exact, over the labels whose unary entry is allowed) never when the block has an
+allowed labelling given the rest.
 
 Everything runs on the CPU in float64 numpy over flat index arrays built once
 (incidences sorted by node), independent of the solver's chain decomposition.
@@ -90,6 +98,9 @@ class LocalSearch:
         self._starts = np.searchsorted(self.inc_node, np.arange(self.N + 1))
         self.colours = self._colour_classes()
         self.scale = self._local_scale(hard_score)
+        # labels a block move considers: those with an allowed unary score (all when none is forbidden)
+        ok = np.ones_like(self.unary, dtype=bool) if hard_score is None else self.unary > hard_score
+        self.allowed = [np.nonzero(r)[0] if r.any() else np.arange(self.L) for r in ok]
 
     def _colour_classes(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Greedy colouring (largest degree first); per class: nodes, padded neighbours ``[n_k, D]`` and tables."""
@@ -197,7 +208,7 @@ class LocalSearch:
                 i, j = a[acc], a[acc] + 1
                 X[i], X[j] = X[j], X[i].copy()
                 S[i], S[j] = S[j], S[i].copy()
-            if n % 16 == 0 and time.perf_counter() > deadline:
+            if n % 4 == 0 and time.perf_counter() > deadline:
                 break
         return best_x, best, n
 
@@ -300,6 +311,56 @@ class LocalSearch:
                 fails += 1
         return x, s, sweeps, moves
 
+    def ball(self, start: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        """Up to ``size`` nodes around ``start``, breadth first with the nodes of each ring shuffled."""
+        inb = np.zeros(self.N, dtype=bool)
+        inb[start] = True
+        members, ring = [start], [start]
+        while ring and len(members) < size:
+            nxt = []
+            for v in rng.permutation(np.array(ring)).tolist():
+                for j in self.inc_nbr[self._starts[v] : self._starts[v + 1]].tolist():
+                    if not inb[j] and len(members) < size:
+                        inb[j] = True
+                        members.append(j)
+                        nxt.append(j)
+            ring = nxt
+        return np.array(members, dtype=np.int64)
+
+    def block_move(self, x: np.ndarray, block: np.ndarray, max_entries: int) -> np.ndarray | None:
+        """The best labels of ``block`` given the rest of ``x [N]``, by exact variable elimination
+        (:func:`crfkit.inference.exact.eliminate_arrays`) over each node's allowed labels.
+
+        Returns the new labelling, or ``None`` when the block's elimination needs a table over
+        ``max_entries`` entries (a smaller block is needed).
+        """
+        from .exact import eliminate_arrays, greedy_elimination_order
+
+        inb = np.zeros(self.N, dtype=bool)
+        inb[block] = True
+        local = np.full(self.N, -1, dtype=np.int64)
+        local[block] = np.arange(len(block))
+        cond = self.unary[block].copy()  # unary + incident tables towards nodes outside the block
+        k = np.nonzero(inb[self.inc_node] & ~inb[self.inc_nbr])[0]
+        np.add.at(cond, local[self.inc_node[k]], self.inc_tab[k, x[self.inc_nbr[k]]])
+        ei = np.nonzero(inb[self.edges[:, 0]] & inb[self.edges[:, 1]])[0]
+        pairs = local[self.edges[ei]].tolist()
+        allowed = [self.allowed[v] for v in block.tolist()]
+        cards = [len(a) for a in allowed]
+        adj: list[set[int]] = [set() for _ in block]
+        for a, b in pairs:
+            adj[a].add(b)
+            adj[b].add(a)
+        got = greedy_elimination_order(adj, cards, "min-fill", max_entries, 8 * max_entries)
+        if got is None:
+            return None
+        unary = [cond[r, allowed[r]] for r in range(len(block))]
+        tables = [self.tables[e][np.ix_(allowed[a], allowed[b])] for e, (a, b) in zip(ei.tolist(), pairs)]
+        _, y = eliminate_arrays(unary, pairs, tables, got[0])
+        new = x.copy()
+        new[block] = [allowed[r][y[r]] for r in range(len(block))]
+        return new
+
     def sequential(self, beliefs: np.ndarray, order: np.ndarray) -> np.ndarray:
         """TRW-S-style decoding: node by node, max-marginal plus exact scores to decided neighbours."""
         x = np.full(self.N, -1, dtype=np.int64)
@@ -324,6 +385,93 @@ def _as_labels(labels, N: int, L: int) -> np.ndarray:
     return lab.long().cpu().numpy().copy()
 
 
+def _as_beliefs(beliefs, N: int, L: int) -> np.ndarray | None:
+    if beliefs is None:
+        return None
+    b = torch.as_tensor(beliefs).detach().double().cpu().reshape(-1).numpy()
+    if b.size != N * L or not np.isfinite(b).all():
+        got = fmt_shape(torch.as_tensor(beliefs).shape)
+        raise CRFShapeError(f"expected finite beliefs of shape [N, L] = [{N}, {L}], got {got}")
+    return b.reshape(N, L)
+
+
+class _Search:
+    """The state :func:`improve_labels` shares between its phases: the best labelling so far,
+    its score, the clock, the counters and the block size of the large-neighbourhood moves."""
+
+    def __init__(self, ls: LocalSearch, x0: np.ndarray, deadline: float, reach: float | None, seed: int,
+                 patience: int, block_entries: int):
+        self.ls, self.deadline, self.reach, self.patience = ls, deadline, reach, patience
+        self.rng = np.random.default_rng(seed)
+        self.best_x, self.best, self.won = x0, ls.score(x0), "input"
+        self.block_entries, self.block_size = block_entries, min(ls.N, 32)
+        self.info = {"rounds": 0, "sweeps": 0, "icm_sweeps": 0, "forest_moves": 0, "block_moves": 0,
+                     "reached_bound": False}
+
+    def done(self) -> bool:
+        return self.reach is not None and self.best >= self.reach
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
+    def consider(self, x: np.ndarray, name: str) -> bool:
+        """Polish ``x`` (ICM and forest moves); keep it when it beats the best."""
+        x, s, n, moves = self.ls.polish(x, self.rng, self.patience, deadline=self.deadline)
+        self.info["icm_sweeps"] += n
+        self.info["forest_moves"] += moves
+        if s > self.best:
+            self.best_x, self.best, self.won = x, s, name
+            return True
+        return False
+
+    def blocks(self, max_moves: int) -> None:
+        """Large-neighbourhood search from the best labelling: random breadth-first blocks solved
+        exactly given the rest; the block grows while its elimination fits ``block_entries``
+        and shrinks when it does not. Moves that keep the score are taken (a plateau walk)."""
+        ls = self.ls
+        x, s, stale = self.best_x.copy(), self.best, 0
+        while stale < max_moves and not self.done() and not self.out_of_time():
+            block = ls.ball(int(self.rng.integers(ls.N)), self.block_size, self.rng)
+            y = ls.block_move(x, block, self.block_entries)
+            if y is None:
+                if self.block_size <= 2:
+                    return  # even two nodes need too large a table: no block moves on this model
+                self.block_size = max(2, int(self.block_size * 0.8))
+                continue
+            self.info["block_moves"] += 1
+            self.block_size = min(ls.N, int(self.block_size * 1.1) + 1)
+            t = ls.score(y)
+            stale = 0 if t > s + 1e-12 * (1.0 + abs(s)) else stale + 1
+            if t >= s - 1e-12 * (1.0 + abs(s)):
+                x, s = y, t
+            if s > self.best:
+                self.best_x, self.best, self.won = x.copy(), s, "blocks"
+
+    def tempering(self, X: np.ndarray, temps: np.ndarray, sweeps: int) -> None:
+        """One round of parallel tempering, its best labelling polished; the coldest replica
+        then restarts from the best labelling."""
+        x, _, n = self.ls.tempering(X, temps, sweeps, self.rng, deadline=self.deadline)
+        self.info["sweeps"] += n
+        self.info["rounds"] += 1
+        self.consider(x, "tempering")
+        X[0] = self.best_x
+
+
+def _replicas(search: _Search, b: np.ndarray | None, replicas: int, t_range) -> tuple[np.ndarray, np.ndarray]:
+    """Temperatures and start states of the tempering replicas: the best labelling, and for the
+    hotter half (with beliefs) the max-marginals sampled at their temperature."""
+    ls, rng = search.ls, search.rng
+    R = max(int(replicas), 2)
+    temps = ls.scale * t_range[0] * (t_range[1] / t_range[0]) ** (np.arange(R) / (R - 1))
+    X = np.repeat(search.best_x[None], R, axis=0)
+    if b is not None:
+        for r in range(R // 2, R):
+            p = np.exp((b - b.max(1, keepdims=True)) / temps[r])
+            c = np.cumsum(p, 1)
+            X[r] = np.minimum((c < (rng.random(ls.N) * c[:, -1])[:, None]).sum(1), ls.L - 1)
+    return temps, X
+
+
 def improve_labels(
     mrf: GraphMRF,
     labels,
@@ -336,13 +484,12 @@ def improve_labels(
     replicas: int = 8,
     patience: int = 4,
     t_range: tuple[float, float] = (0.05, 0.2),
+    block_entries: int = 1 << 16,
+    block_moves: int = 40,
     seed: int = 0,
     tol: float = 1e-9,
 ) -> RoundingResult:
     """Improve a labelling of an unbatched ``GraphMRF`` by local search (see the module docstring).
-
-    (Over 80 lines: one pipeline of starts, polish and tempering rounds sharing the best-so-far
-    state and one time budget; splitting it would pass that state around.)
 
     Args:
         mrf: unbatched :class:`~crfkit.GraphMRF` (``unary [N, L]``).
@@ -353,10 +500,12 @@ def improve_labels(
         upper_bound: a certificate (``MAPResult.dual``); stop when the score reaches it within
             ``tol * max(1, |bound|)``.
         hard_score: entries ``<= hard_score`` are forbidden (e.g. ``UAIModel.hard_score``).
-        sweeps: sweeps of parallel tempering between two ICM polishes of the best labelling.
+        sweeps: sweeps of parallel tempering between two rounds of block moves.
         replicas: number of tempering replicas (temperatures).
         patience: forest moves in a row without a gain before a polish stops.
         t_range: lowest and highest temperature, as fractions of the model's typical local spread.
+        block_entries: the largest elimination table of a block move.
+        block_moves: block moves in a row without a gain before a tempering round.
         seed: seed of the random restarts (the search is deterministic given it, except for
             where the time limit cuts it).
 
@@ -369,58 +518,34 @@ def improve_labels(
         raise CRFValueError(f"expected a finite time_limit >= 0 seconds, got {time_limit!r}")
     ls = LocalSearch(mrf, hard_score)
     x0 = _as_labels(labels, ls.N, ls.L)
-    b = None
-    if beliefs is not None:
-        b = torch.as_tensor(beliefs).detach().double().cpu().reshape(-1).numpy()
-        if b.size != ls.N * ls.L or not np.isfinite(b).all():
-            got = fmt_shape(torch.as_tensor(beliefs).shape)
-            raise CRFShapeError(f"expected finite beliefs of shape [N, L] = [{ls.N}, {ls.L}], got {got}")
-        b = b.reshape(ls.N, ls.L)
-    init = ls.score(x0)
+    b = _as_beliefs(beliefs, ls.N, ls.L)
     reach = None if upper_bound is None else float(upper_bound) - tol * max(1.0, abs(float(upper_bound)))
-    best_x, best, won = x0, init, "input"
-    info = {"rounds": 0, "sweeps": 0, "icm_sweeps": 0, "forest_moves": 0, "reached_bound": False}
-
-    def consider(x: np.ndarray, name: str) -> bool:
-        nonlocal best_x, best, won
-        x, s, n, moves = ls.polish(x, rng, patience, deadline=t0 + time_limit)
-        info["icm_sweeps"] += n
-        info["forest_moves"] += moves
-        if s > best:
-            best_x, best, won = x, s, name
-            return True
-        return False
-
-    rng = np.random.default_rng(seed)
+    search = _Search(ls, x0, t0 + time_limit, reach, seed, patience, block_entries)
     starts = [(x0, "input")]
     if b is not None:
         starts.append((b.argmax(1), "argmax"))
         starts.append((ls.sequential(b, np.arange(ls.N)), "sequential"))
         starts.append((ls.sequential(b, np.arange(ls.N)[::-1]), "sequential-reversed"))
     for x, name in starts:
-        consider(x, name)
-    done = lambda: reach is not None and best >= reach  # noqa: E731
-    if not done() and time.perf_counter() - t0 < time_limit:
-        R = max(int(replicas), 2)
-        temps = ls.scale * t_range[0] * (t_range[1] / t_range[0]) ** (np.arange(R) / (R - 1))
-        X = np.repeat(best_x[None], R, axis=0)
-        if b is not None:  # the hotter half starts from the max-marginals sampled at their temperature
-            for r in range(R // 2, R):
-                p = np.exp((b - b.max(1, keepdims=True)) / temps[r])
-                c = np.cumsum(p, 1)
-                X[r] = np.minimum((c < (rng.random(ls.N) * c[:, -1])[:, None]).sum(1), ls.L - 1)
-        while not done() and time.perf_counter() - t0 < time_limit:
-            x, _, n = ls.tempering(X, temps, sweeps, rng, deadline=t0 + time_limit)
-            info["sweeps"] += n
-            info["rounds"] += 1
-            consider(x, "tempering")
-            X[0] = best_x  # the coldest replica restarts from the best labelling
-    info["reached_bound"] = bool(done())
-    lab = torch.from_numpy(best_x).to(mrf.edges.device)
+        search.consider(x, name)
+    if not search.done() and not search.out_of_time():
+        temps, X = _replicas(search, b, replicas, t_range)
+        while not search.done() and not search.out_of_time():
+            search.blocks(block_moves)
+            if not search.done() and not search.out_of_time():
+                search.tempering(X, temps, sweeps)
+    return _result(mrf, x0, search, t0)
+
+
+def _result(mrf: GraphMRF, x0: np.ndarray, search: _Search, t0: float) -> RoundingResult:
+    """The best labelling as a :class:`RoundingResult`, its score recomputed by ``mrf.score``."""
+    search.info["reached_bound"] = bool(search.done())
+    dev = mrf.edges.device
+    lab = torch.from_numpy(search.best_x).to(dev)
     with torch.no_grad():
         final = float(mrf.score(lab))
-        first = float(mrf.score(torch.from_numpy(x0).to(mrf.edges.device)))
+        first = float(mrf.score(torch.from_numpy(x0).to(dev)))
     if final < first:  # rounding noise in the float64 re-sum: keep the input
-        lab, final = torch.from_numpy(x0).to(mrf.edges.device), first
-    info.update({"won": won, "seconds": time.perf_counter() - t0})
+        lab, final = torch.from_numpy(x0).to(dev), first
+    info = dict(search.info, won=search.won, seconds=time.perf_counter() - t0)
     return RoundingResult(labels=lab, score=final, initial_score=first, info=info)

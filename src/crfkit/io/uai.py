@@ -355,21 +355,14 @@ def _check_factor_count(tk: _Tokens, F: int, F_line: int, err: UAIFormatError) -
         ) from None
 
 
-def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.float64) -> UAIModel:
-    """Parse the text of a UAI ``MARKOV`` model file (see the module docstring)."""
-    tk = _Tokens(text, name)
-    kind, ln = tk.next("the network type MARKOV")
-    if kind.upper() == "BAYES":
-        raise tk.error("BAYES networks are not supported: crfkit reads MARKOV networks only", ln)
-    if kind.upper() != "MARKOV":
-        raise tk.error(f"expected the network type MARKOV, got {kind!r}", ln)
-    N, cards = _read_cardinalities(tk)
+def _read_scopes(tk: _Tokens, N: int) -> tuple[list[list[int]], int, int]:
+    """The factor count and the scopes; returns ``(scopes, F, F_line)``."""
     F_line = tk.line()
     F = tk.int("the number of factors", lo=0)
     left = len(tk.toks) - tk.pos
     if F > left:
         raise tk.error(f"expected at most {left} factors (the tokens left in the file), got {F}", F_line)
-    scopes, scope_lines = [], []
+    scopes = []
     try:
         for f in range(F):
             ln = tk.line()
@@ -385,64 +378,58 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
                     ln,
                 )
             scopes.append(scope)
-            scope_lines.append(ln)
     except UAIFormatError as err:
         _check_factor_count(tk, F, F_line, err)
         raise
-    L = int(cards.max())
-    pairs = {tuple(sorted(sc)) for sc in scopes if len(sc) == 2}
-    dense = N * L + len(pairs) * L * L
-    if dense > MAX_DENSE_ENTRIES:
+    return scopes, F, F_line
+
+
+def _read_table(tk: _Tokens, f: int, scope: list[int], cards: np.ndarray, F: int, F_line: int) -> np.ndarray:
+    """Factor ``f``'s table entries (``log`` of the values), the count checked against its scope."""
+    expected = int(np.prod([cards[v] for v in scope])) if scope else 1
+    ln = tk.line()
+    try:
+        count = tk.int(f"the number of entries of factor {f}'s table", lo=0)
+    except UAIFormatError as err:
+        _check_factor_count(tk, F, F_line, err)
+        if f == 0:
+            raise
+        raise UAIFormatError(f"{err} (is factor {f - 1}'s table, before it, truncated or too long?)") from None
+    if count != expected:
+        _check_factor_count(tk, F, F_line, tk.error(f"factor {f}'s table size {count} != {expected}", ln))
+        shape = " x ".join(str(int(cards[v])) for v in scope) or "a constant"
+        hint = f" (is factor {f - 1}'s table, before it, truncated or too long?)" if f else ""
         raise tk.error(
-            f"expected a model whose dense tables (N*L + E*L*L) fit in {MAX_DENSE_ENTRIES} entries, got "
-            f"{dense} (N = {N}, E = {len(pairs)}, largest cardinality L = {L})",
-            tk.line(),
+            f"factor {f}'s table should have {expected} entries (scope {scope}: {shape}), got {count}{hint}", ln
         )
+    left = len(tk.toks) - tk.pos
+    if count > left:
+        err = tk.error(
+            f"expected factor {f}'s {count} table entries (declared on line {ln}), the file ended after {left}",
+            tk.last_line,
+        )
+        _check_factor_count(tk, F, F_line, err)
+        raise err
+    vals = _values(tk, count, f"factor {f}'s table")
+    if not scope and vals[0] == -math.inf:
+        raise tk.error(f"factor {f} (no variables) is 0: every labelling has probability 0", ln)
+    return vals
+
+
+def _read_tables(tk: _Tokens, scopes, cards: np.ndarray, F: int, F_line: int):
+    """Every table, summed per scope: ``(unary [N, L], edge list, tables [E][L, L], constant)``."""
+    N, L = len(cards), int(cards.max())
     unary = np.zeros((N, L), dtype=np.float64)
-    unary_mask = np.arange(L)[None, :] < cards[:, None]
     edge_index: dict[tuple[int, int], int] = {}
     edge_list: list[tuple[int, int]] = []
     tables: list[np.ndarray] = []
     constant = 0.0
     for f, scope in enumerate(scopes):
-        expected = int(np.prod([cards[v] for v in scope])) if scope else 1
-        ln = tk.line()
-        try:
-            count = tk.int(f"the number of entries of factor {f}'s table", lo=0)
-        except UAIFormatError as err:
-            _check_factor_count(tk, F, F_line, err)
-            if f == 0:
-                raise
-            raise UAIFormatError(
-                f"{err} (is factor {f - 1}'s table, before it, truncated or too long?)"
-            ) from None
-        if count != expected:
-            _check_factor_count(tk, F, F_line, tk.error(f"factor {f}'s table size {count} != {expected}", ln))
-            shape = " x ".join(str(int(cards[v])) for v in scope) or "a constant"
-            hint = f" (is factor {f - 1}'s table, before it, truncated or too long?)" if f else ""
-            raise tk.error(
-                f"factor {f}'s table should have {expected} entries (scope {scope}: {shape}), "
-                f"got {count}{hint}",
-                ln,
-            )
-        left = len(tk.toks) - tk.pos
-        if count > left:
-            err = tk.error(
-                f"expected factor {f}'s {count} table entries (declared on line {ln}), the file ended after {left}",
-                tk.last_line,
-            )
-            _check_factor_count(tk, F, F_line, err)
-            raise err
-        vals = _values(tk, count, f"factor {f}'s table")
+        vals = _read_table(tk, f, scope, cards, F, F_line)
         if not scope:
-            if vals[0] == -math.inf:
-                raise tk.error(
-                    f"factor {f} (no variables) is 0: every labelling has probability 0", ln
-                )
             constant += float(vals[0])
         elif len(scope) == 1:
-            i = scope[0]
-            unary[i, : cards[i]] += vals
+            unary[scope[0], : cards[scope[0]]] += vals
         else:
             i, j = scope
             tab = vals.reshape(int(cards[i]), int(cards[j]))
@@ -453,14 +440,18 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
                 tables.append(np.zeros((L, L), dtype=np.float64))
             e = edge_index[key]
             if edge_list[e] != (i, j):
-                tab = tab.T
-                i, j = j, i
+                tab, i, j = tab.T, j, i
             tables[e][: cards[i], : cards[j]] += tab
     if not tk.at_end():
-        raise tk.error(
-            f"expected the end of the file after {F} factor tables, got {tk.toks[tk.pos]!r}"
-        )
+        raise tk.error(f"expected the end of the file after {F} factor tables, got {tk.toks[tk.pos]!r}")
+    return unary, edge_list, tables, constant
+
+
+def _assemble(name: str, cards: np.ndarray, unary, edge_list, tables, constant: float, dtype) -> UAIModel:
+    """Check that no variable or edge is all zeros; replace the zeros by the hard score; build the model."""
+    N, L = unary.shape
     E = len(edge_list)
+    unary_mask = np.arange(L)[None, :] < cards[:, None]
     edges = np.array(edge_list, dtype=np.int64).reshape(E, 2)
     tab = np.stack(tables) if E else np.zeros((0, L, L), dtype=np.float64)
     table_mask = unary_mask[edges[:, 0]][:, :, None] & unary_mask[edges[:, 1]][:, None, :]
@@ -474,29 +465,42 @@ def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.f
         if not np.isfinite(tab[e][table_mask[e]]).any():
             i, j = edge_list[e]
             raise UAIFormatError(
-                f"{name}: the factors on ({i}, {j}) are 0 everywhere "
-                "(the model has probability 0 everywhere)"
+                f"{name}: the factors on ({i}, {j}) are 0 everywhere (the model has probability 0 everywhere)"
             )
-    needs_hard = (
-        (not unary_mask.all()) or (not np.isfinite(unary).all()) or (not np.isfinite(tab).all())
-    )
     hard = None
-    if needs_hard:
+    if (not unary_mask.all()) or (not np.isfinite(unary).all()) or (not np.isfinite(tab).all()):
         hard = hard_score_for(unary, tab, unary_mask, table_mask)
         unary = np.where(unary_mask, unary, -math.inf)
         unary[~np.isfinite(unary)] = hard
         tab = np.where(table_mask, tab, 0.0)
         tab[~np.isfinite(tab)] = hard
-    mrf = GraphMRF(
-        torch.from_numpy(unary).to(dtype),
-        torch.from_numpy(edges),
-        torch.from_numpy(tab).to(dtype),
-    )
+    mrf = GraphMRF(torch.from_numpy(unary).to(dtype), torch.from_numpy(edges), torch.from_numpy(tab).to(dtype))
     if hard is not None and dtype != torch.float64:
         hard = float(torch.tensor(hard, dtype=dtype))
-    return UAIModel(
-        mrf=mrf, cardinalities=torch.from_numpy(cards), hard_score=hard, constant=constant
-    )
+    return UAIModel(mrf=mrf, cardinalities=torch.from_numpy(cards), hard_score=hard, constant=constant)
+
+
+def parse_uai(text: str, name: str = "<string>", *, dtype: torch.dtype = torch.float64) -> UAIModel:
+    """Parse the text of a UAI ``MARKOV`` model file (see the module docstring)."""
+    tk = _Tokens(text, name)
+    kind, ln = tk.next("the network type MARKOV")
+    if kind.upper() == "BAYES":
+        raise tk.error("BAYES networks are not supported: crfkit reads MARKOV networks only", ln)
+    if kind.upper() != "MARKOV":
+        raise tk.error(f"expected the network type MARKOV, got {kind!r}", ln)
+    N, cards = _read_cardinalities(tk)
+    scopes, F, F_line = _read_scopes(tk, N)
+    L = int(cards.max())
+    pairs = {tuple(sorted(sc)) for sc in scopes if len(sc) == 2}
+    dense = N * L + len(pairs) * L * L
+    if dense > MAX_DENSE_ENTRIES:
+        raise tk.error(
+            f"expected a model whose dense tables (N*L + E*L*L) fit in {MAX_DENSE_ENTRIES} entries, got "
+            f"{dense} (N = {N}, E = {len(pairs)}, largest cardinality L = {L})",
+            tk.line(),
+        )
+    unary, edge_list, tables, constant = _read_tables(tk, scopes, cards, F, F_line)
+    return _assemble(name, cards, unary, edge_list, tables, constant, dtype)
 
 
 def _read_text(path, what: str) -> str:
