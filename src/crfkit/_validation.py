@@ -18,6 +18,7 @@ __all__ = [
     "CRFTypeError",
     "check_tensor",
     "check_finite",
+    "check_device",
     "check_labels",
     "check_gamma",
     "fmt_shape",
@@ -60,6 +61,7 @@ def check_tensor(
     pretty = "[" + ", ".join(spec) + "]"
     if not isinstance(x, torch.Tensor):
         raise CRFTypeError(f"expected {name} to be a torch.Tensor of shape {pretty}, got {type(x).__name__}")
+    check_device(x, name)
     if x.dim() != len(spec):
         raise CRFShapeError(f"expected {name} of shape {pretty}, got {fmt_shape(x.shape)}")
     for letter, size in zip(spec, x.shape):
@@ -78,6 +80,16 @@ def check_tensor(
     if integer and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
         raise CRFTypeError(f"expected {name} to have an integer dtype (torch.long), got {x.dtype}")
     return sizes
+
+
+#: Devices whose tensors hold values (``meta`` tensors have shapes only).
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def check_device(x: torch.Tensor, name: str) -> None:
+    """Refuse tensors on a device other than the CPU or CUDA (e.g. ``meta``: no values to compute with)."""
+    if x.device.type not in DEVICE_TYPES:
+        raise CRFValueError(f"expected {name} to be a CPU or CUDA tensor, got a tensor on device {x.device}")
 
 
 def check_finite(x: torch.Tensor, name: str, *, allow_neg_inf: bool = False) -> None:
@@ -103,6 +115,9 @@ def check_labels(labels: torch.Tensor, name: str, num_labels: int) -> None:
 
 
 def check_gamma(gamma: float, name: str = "gamma") -> float:
+    """``gamma`` as a float ``>= 0`` and finite (a number, not a bool or a string)."""
+    if isinstance(gamma, (bool, str, bytes)):
+        raise CRFTypeError(f"expected {name} to be a number >= 0, got {gamma!r}")
     try:
         g = float(gamma)
     except (TypeError, ValueError):

@@ -241,7 +241,10 @@ class ChainSolution:
 
 
 class _Incumbent:
-    """The best labelling and the lowest certificate seen (per batch element)."""
+    """The best labelling and the lowest certificate seen (per batch element).
+
+    Only finite evaluations count: a NaN or infinite ``D`` (an overflow) never replaces a finite
+    bound, and a certificate still non-finite at the end raises (:meth:`final_certificate`)."""
 
     def __init__(self, problem: ChainProblem, dd: DualDecomposition, opts: SolverOptions):
         B, device = problem.batch_size, problem.unary.device
@@ -253,7 +256,7 @@ class _Incumbent:
 
     def consider(self, labels: torch.Tensor) -> None:
         sc = problem_score(self.problem, labels)
-        better = sc > self.primal
+        better = sc > self.primal  # False for NaN: a NaN score never replaces a labelling
         if bool(better.any()):
             take = better[self.problem.node_batch]
             self.labels = torch.where(take, labels, self.labels)
@@ -266,7 +269,11 @@ class _Incumbent:
             self.consider(chain_icm(self.problem, lab, self.edges, sweeps=self.opts.icm_sweeps))
 
     def bound(self, value: torch.Tensor) -> None:
-        self.certificate = torch.minimum(self.certificate, value)
+        """Keep the lowest finite bound (NaN-aware: ``torch.minimum`` would propagate a NaN)."""
+        value = value.to(self.certificate.dtype)
+        self.certificate = torch.where(
+            torch.isfinite(value), torch.minimum(self.certificate, value), self.certificate
+        )
 
     def certify(self, lam: torch.Tensor, dual: torch.Tensor, g: float) -> None:
         self.bound(dual if g == 0.0 else self.dd.evaluate_value(lam, 0.0))
@@ -274,7 +281,27 @@ class _Incumbent:
             self.bound(dual)
 
     def converged(self, tol: float) -> bool:
-        return tol > 0 and bool(((self.certificate - self.primal) <= tol * self.primal.abs().clamp(min=1.0)).all())
+        """``gap <= tol · max(1, |dual|)`` with a finite primal and bound, for every batch element
+        (before the first decoding the primal is ``-inf``: never converged)."""
+        if not tol > 0:
+            return False
+        cert, primal = self.certificate, self.primal
+        ok = torch.isfinite(primal) & torch.isfinite(cert)
+        ok &= (cert - primal) <= tol * cert.abs().clamp(min=1.0)
+        return bool(ok.all())
+
+    def final_certificate(self) -> torch.Tensor:
+        """The certificate ``[B]``; raises if a batch element has no finite bound or labelling
+        (the potentials overflow the dtype in the chains' sums)."""
+        bad = ~(torch.isfinite(self.certificate) & torch.isfinite(self.primal))
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise CRFValueError(
+                f"expected a finite certificate and score, got dual={float(self.certificate[b])!r}, "
+                f"primal={float(self.primal[b])!r} for batch element {b} (the potentials overflow "
+                f"{self.problem.unary.dtype}: rescale them or use float64)"
+            )
+        return self.certificate
 
 
 @torch.no_grad()
@@ -352,7 +379,7 @@ def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = N
     return ChainSolution(
         labels=best.labels,
         primal=best.primal,
-        dual=best.certificate,
+        dual=best.final_certificate(),
         dual_history=torch.stack(history),
         gamma_history=torch.tensor(gamma_hist, dtype=torch.float64),
         marginals=dd.node_beliefs(mu),
