@@ -431,7 +431,7 @@ def solve_map(
     icm_sweeps: int = 3,
     certificate_every: int = 10,
     decode_every: int | None = None,
-    tol: float = 0.0,
+    tol: float = 1e-9,
     momentum: bool = True,
     callback: Callable[[dict], None] | None = None,
     implementation: str | None = None,
@@ -454,7 +454,8 @@ def solve_map(
         certificate_every: evaluate the max-dual ``D_0`` every so many iterations when γ > 0.
         decode_every: also decode every so many iterations (default: at stage ends and the end).
         momentum: with the adaptive step, add heavy-ball momentum restarted at every undone step.
-        tol: stop when ``gap <= tol * |primal|`` for every batch element.
+        tol: stop when ``gap <= tol * max(1, |dual|)`` for every batch element (default ``1e-9``:
+            a problem solved exactly, e.g. a tree, stops as soon as its gap is 0; ``0`` runs all ``iters``).
         callback: called after each iteration with a dict (iteration, gamma, dual, certificate, ...).
         implementation: force a chain kernel (``"reference"``, ``"torch"``, ``"triton"``).
         validate_args: run the checks that read tensors on the host (``lengths``, the weights'
