@@ -427,6 +427,26 @@ SOLVE_CASES = [
     ("unknown-step", dict(step="bogus"), ValueError, ["step", "bogus", "paper"]),
     ("negative-step", dict(step=-0.5), ValueError, ["step", "-0.5"]),
     ("negative-iters", dict(iters=-3), ValueError, ["iters", "-3"]),
+    ("float-iters", dict(iters=2.5), TypeError, ["iters", "integer", "2.5"]),
+    ("string-iters", dict(iters="10"), TypeError, ["iters", "integer", "'10'"]),
+    ("bool-iters", dict(iters=True), TypeError, ["iters", "integer", "True"]),
+    ("zero-stages", dict(stages=0), ValueError, ["stages", ">= 1", "0"]),
+    ("negative-stages", dict(stages=-2), ValueError, ["stages", ">= 1", "-2"]),
+    ("negative-gamma-start", dict(gamma_start=-1), ValueError, ["gamma_start", "> 0", "-1"]),
+    ("zero-gamma-end", dict(gamma_end=0.0), ValueError, ["gamma_end", "> 0", "0.0"]),
+    ("rising-schedule", dict(gamma_start=0.1, gamma_end=0.5), ValueError, ["gamma_end <= gamma_start", "0.5"]),
+    ("negative-icm-sweeps", dict(icm_sweeps=-1), ValueError, ["icm_sweeps", ">= 0", "-1"]),
+    ("negative-decode-every", dict(decode_every=-3), ValueError, ["decode_every", ">= 1", "-3"]),
+    ("zero-certificate-every", dict(certificate_every=0), ValueError, ["certificate_every", ">= 1", "0"]),
+    ("nan-tol", dict(tol=float("nan")), ValueError, ["tol", ">= 0", "nan"]),
+    ("negative-tol", dict(tol=-1e-3), ValueError, ["tol", ">= 0", "-0.001"]),
+    ("string-momentum", dict(momentum="no"), TypeError, ["momentum", "True or False", "'no'"]),
+    ("int-callback", dict(callback=3), TypeError, ["callback", "callable", "3"]),
+    ("huge-step", dict(step=100.0), ValueError, ["step", "(0, 1.0]", "100.0"]),
+    ("inf-step", dict(step=float("inf")), ValueError, ["step", "(0, 1.0]", "inf"]),
+    ("bool-step", dict(step=True), TypeError, ["step", "number", "True"]),
+    ("bool-gamma", dict(gamma=True), TypeError, ["gamma", "number", "True"]),
+    ("unknown-decode", dict(decode="max"), ValueError, ["decode", "'icm'", "'max'"]),
 ]
 
 
@@ -439,6 +459,50 @@ def test_solve_map_refuses(case):
     msg = str(info.value)
     for p in parts:
         assert p in msg, f"{p!r} not in message {msg!r}"
+
+
+@pytest.mark.parametrize("gamma", [1e-40, 1e38])
+def test_solve_map_refuses_gamma_outside_the_dtype_range(gamma):
+    """float32: ``x / γ`` or ``γ · log Σ`` would overflow (NaN certificates before the check)."""
+    crf = crfkit.GridCRF(unary(dtype=torch.float32), [crfkit.Potts(0.5)] * K)
+    with pytest.raises(ValueError) as info:
+        crfkit.solve_map(crf, iters=2, gamma=gamma)
+    msg = str(info.value)
+    assert "gamma" in msg and "float32" in msg and repr(gamma) in msg
+
+
+@pytest.mark.parametrize("gamma", [1e-30, 1e30])
+def test_solve_map_float32_extreme_gamma_is_finite(gamma):
+    """At the edges of the accepted range the certificate is finite and brackets the labelling."""
+    crf = crfkit.GridCRF(unary(dtype=torch.float32), [crfkit.Potts(0.5)] * K)
+    res = crfkit.solve_map(crf, iters=5, gamma=gamma)
+    assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
+    assert (res.primal <= res.dual + 1e-4 * res.dual.abs().clamp(min=1)).all()
+
+
+def test_solver_options_refuse_an_empty_schedule():
+    from crfkit.inference.solver_options import SolverOptions
+
+    with pytest.raises(ValueError) as info:
+        SolverOptions(gammas=[])
+    assert "gammas" in str(info.value) and "empty" in str(info.value)
+
+
+META_CASES = [
+    ("grid-unary", lambda: crfkit.GridCRF(unary().to("meta"), tables())),
+    ("grid-pairwise", lambda: crfkit.GridCRF(unary(), [t.to("meta") for t in tables()])),
+    ("graph-unary", lambda: crfkit.GraphMRF(torch.randn(N, L, dtype=f64, device="meta"), EDGES, torch.randn(E, L, L, dtype=f64))),
+    ("graph-edges", lambda: crfkit.GraphMRF(torch.randn(N, L, dtype=f64), EDGES.to("meta"), torch.randn(E, L, L, dtype=f64))),
+    ("graph-potts", lambda: crfkit.GraphMRF(torch.randn(N, L, dtype=f64), EDGES, crfkit.Potts(torch.ones(E, dtype=f64, device="meta")))),
+]
+
+
+@pytest.mark.parametrize("case", META_CASES, ids=[c[0] for c in META_CASES])
+def test_models_refuse_meta_tensors(case):
+    with pytest.raises(ValueError) as info:
+        case[1]()
+    msg = str(info.value)
+    assert "CPU or CUDA" in msg and "meta" in msg
 
 
 def test_solve_map_refuses_other_models():
