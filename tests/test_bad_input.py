@@ -702,3 +702,62 @@ def test_graph_mrf_refuses(case):
     msg = str(info.value)
     for p in parts:
         assert p in msg, f"{p!r} not in message {msg!r}"
+
+
+# ------------------------------------------------------------------------------------------
+# defaults that finish: fit's budget is by convergence
+# ------------------------------------------------------------------------------------------
+def _grid_learning_problem():
+    from crfkit.data.synthetic import grid_edges
+
+    g = torch.Generator().manual_seed(0)
+    edges = grid_edges(3, 3)
+    L2 = 2
+    mrf = crfkit.GraphMRF(
+        0.5 * torch.randn(9, L2, dtype=f64, generator=g), edges,
+        0.5 * torch.randn(edges.shape[0], L2, L2, dtype=f64, generator=g),
+    )
+    return mrf, torch.randint(0, L2, (20, 9), generator=g)
+
+
+def test_fit_default_budget_reaches_full_bp_optimum():
+    """BBPL with its default budget on a 3×3 grid (TRW counting numbers) ends converged, near the
+    optimum that full BP reaches with a tight gradient tolerance (the former default of 1000
+    steps stopped 0.34 away, silently)."""
+    from crfkit.learning import fit
+
+    mrf, samples = _grid_learning_problem()
+    full = fit(mrf, samples, method="full", max_steps=20000, gtol=1e-9, eval_every=10**9)
+    assert full.converged
+    res = fit(mrf, samples, method="bbpl", eval_every=10**9, reference=full.weights)
+    assert res.converged and res.steps > 1000
+    assert res.history[-1]["distance"] < 1e-3
+
+
+def test_fit_warns_when_the_default_budget_runs_out(monkeypatch):
+    import crfkit.learning.learners as learners
+
+    monkeypatch.setattr(learners, "DEFAULT_MAX_ROUNDS", 3)
+    mrf, samples = _grid_learning_problem()
+    with pytest.warns(learners.FitNotConvergedWarning, match="gradient max-norm .* > gtol"):
+        res = learners.fit(mrf, samples, eval_every=10**9)
+    assert not res.converged
+    assert res.steps == 3 * 8  # 8 blocks per round
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, parts",
+    [
+        (dict(max_steps=2.5), TypeError, ["max_steps", "integer", "2.5"]),
+        (dict(max_steps=-1), ValueError, ["max_steps", ">= 0", "-1"]),
+        (dict(gtol=float("nan")), ValueError, ["gtol", ">= 0", "nan"]),
+    ],
+)
+def test_fit_refuses_bad_budgets(kwargs, exc, parts):
+    from crfkit.learning import fit
+
+    mrf, samples = _grid_learning_problem()
+    with pytest.raises(exc) as info:
+        fit(mrf, samples, **kwargs)
+    for p in parts:
+        assert p in str(info.value)

@@ -25,8 +25,11 @@ on separate, warm-started states).
 
 from __future__ import annotations
 
+import math
+import operator
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -46,9 +49,20 @@ from ..models.graph import GraphMRF
 from .blocks import make_blocks
 from .models import FeatureCRF, FeatureParams, LearningInstance, TableParams
 
-__all__ = ["fit", "FitResult", "VariationalObjective"]
+__all__ = ["fit", "FitResult", "VariationalObjective", "FitNotConvergedWarning", "DEFAULT_MAX_ROUNDS"]
 
 METHODS = ("full", "inner_dual", "bbpl")
+
+#: The default budget (``max_steps=None``): stop at ``gtol``, else after this many rounds (a
+#: round: one step for ``full`` / ``inner_dual``, one step per block for ``bbpl``) with a
+#: :class:`FitNotConvergedWarning`. Measured: BBPL on a 3×3 grid (3 labels, TRW counting
+#: numbers, 8 blocks, 30 samples) meets ``gtol=1e-6`` after 930 rounds (7440 steps), 1.2e-4
+#: (relative) from full BP's optimum; the former default of 1000 steps stopped 0.34 away.
+DEFAULT_MAX_ROUNDS = 20000
+
+
+class FitNotConvergedWarning(UserWarning):
+    """:func:`fit` used its whole default budget without meeting ``gtol`` / ``target``."""
 
 
 @dataclass
@@ -291,6 +305,29 @@ class VariationalObjective:
         return self.value_and_grad(w)[0]
 
 
+def _count(value, name: str) -> int:
+    """``value`` as an int ``>= 0`` (not a bool, float or string)."""
+    if isinstance(value, bool):
+        raise CRFTypeError(f"expected {name} to be an integer >= 0 (or None), got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise CRFTypeError(f"expected {name} to be an integer >= 0 (or None), got {value!r}") from None
+    if v < 0:
+        raise CRFValueError(f"expected {name} >= 0, got {v}")
+    return v
+
+
+def _warn_not_converged(method: str, steps: int, gtol: float, grad_norm: float, distance) -> None:
+    far = f", relative distance to the reference {distance:.3g}" if distance is not None else ""
+    warnings.warn(
+        f"fit(method={method!r}) stopped at its default budget ({steps} steps) without convergence: "
+        f"gradient max-norm {grad_norm:.3g} > gtol={gtol:g}{far}; pass max_steps, or a larger lr / gtol",
+        FitNotConvergedWarning,
+        stacklevel=3,
+    )
+
+
 def _default_lr(examples, l2, dist) -> float:
     tot = sum(ex.M for ex in examples)
     lip = sum(ex.M * ex.params.feature_norm_sq() for ex in examples)
@@ -314,7 +351,7 @@ def fit(
     lr: float | None = None,
     optimizer=None,
     optimizer_kwargs: dict | None = None,
-    max_steps: int = 1000,
+    max_steps: int | None = None,
     max_seconds: float | None = None,
     gtol: float = 1e-6,
     blocks=8,
@@ -350,7 +387,12 @@ def fit(
             ``optimizer`` is given.
         optimizer: a ``torch.optim.Optimizer`` class (e.g. ``torch.optim.Adam``), built with
             ``optimizer_kwargs`` over the flat weights.
-        max_steps, max_seconds: budget (learner time, evaluation excluded).
+        max_steps, max_seconds: budget (learner time, evaluation excluded). ``max_steps=None``
+            (default): run until ``gtol`` (or ``target``) is met, at most ``DEFAULT_MAX_ROUNDS``
+            rounds over the blocks (steps for ``full`` / ``inner_dual``); stopping there without
+            convergence warns (:class:`FitNotConvergedWarning`) with the gradient norm (and the
+            distance to ``reference``) reached. An explicit ``max_steps`` stops silently
+            (``FitResult.converged`` says whether it converged).
         gtol: stop when the (approximate) gradient's max-norm is below ``gtol``
             (for BBPL checked after each round over the blocks).
         blocks: BBPL blocks: an int (square tiles when an instance has ``grid_shape``, else ranges
@@ -377,8 +419,12 @@ def fit(
     l2 = float(l2)
     if not (l2 >= 0):
         raise CRFValueError(f"expected l2 >= 0, got {l2!r}")
-    if max_steps < 0:
-        raise CRFValueError(f"expected max_steps >= 0, got {max_steps}")
+    budget_by_convergence = max_steps is None
+    if not budget_by_convergence:
+        max_steps = _count(max_steps, "max_steps")
+    gtol = float(gtol)
+    if not (gtol >= 0 and math.isfinite(gtol)):
+        raise CRFValueError(f"expected gtol >= 0 and finite, got {gtol!r}")
     examples, w0, kind = _prepare(
         mrf_or_model, samples, counting, blocks if method == "bbpl" else None, 1.0, damping
     )
@@ -420,6 +466,8 @@ def fit(
         round_len = int(t)
     if eval_every is None:
         eval_every = round_len
+    if budget_by_convergence:
+        max_steps = DEFAULT_MAX_ROUNDS * round_len
     rng = random.Random(seed)
     history: list[dict] = []
     clock = 0.0
@@ -505,6 +553,8 @@ def fit(
         bar.close()
     if not history or history[-1]["step"] != step:
         evaluate(step)
+    if budget_by_convergence and not converged and step >= max_steps:
+        _warn_not_converged(method, step, gtol, last_grad_norm, history[-1].get("distance"))
     res_mrf = res_model = None
     if kind == "table":
         p = examples[0].params
