@@ -554,6 +554,15 @@ LAYER_CASES = [
         ValueError,
         ["unary", "finite"],
     ),
+    ("float-iters", lambda: DualDecompositionCRF(num_iters=2.5), TypeError, ["num_iters", "integer", "2.5"]),
+    ("big-step", lambda: DualDecompositionCRF(step=2.0), ValueError, ["step", "(0, 1.0]", "2.0"]),
+    ("string-flag", lambda: DualDecompositionCRF(stop_if_rises="yes"), TypeError, ["stop_if_rises", "'yes'"]),
+    (
+        "float32-tiny-gamma",
+        lambda: DualDecompositionCRF(2, 1e-40)(unary(dtype=torch.float32), [crfkit.Potts(1.0)] * K),
+        ValueError,
+        ["gamma", "float32", "1e-40"],
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ silently: shapes must match exactly.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,8 @@ __all__ = [
     "check_device",
     "check_labels",
     "check_gamma",
+    "check_int",
+    "check_number",
     "fmt_shape",
 ]
 
@@ -125,3 +128,26 @@ def check_gamma(gamma: float, name: str = "gamma") -> float:
     if not (g >= 0.0) or g == float("inf"):
         raise CRFValueError(f"expected {name} >= 0 and finite, got {gamma!r}")
     return g
+
+
+def check_int(value, name: str, low: int = 0) -> int:
+    """``value`` as an int ``>= low`` (``operator.index``: floats, strings and bools refused)."""
+    if isinstance(value, bool):
+        raise CRFTypeError(f"expected {name} to be an integer >= {low}, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise CRFTypeError(f"expected {name} to be an integer >= {low}, got {value!r}") from None
+    if v < low:
+        raise CRFValueError(f"expected {name} >= {low}, got {v}")
+    return v
+
+
+def check_number(value, name: str) -> float:
+    """``value`` as a float (a real number: bools, strings and complex numbers refused)."""
+    if isinstance(value, (bool, str, bytes, complex)):
+        raise CRFTypeError(f"expected {name} to be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CRFTypeError(f"expected {name} to be a real number, got {value!r}") from None

@@ -4,16 +4,23 @@ the step rules, the default continuation schedule in γ, and :class:`SolverOptio
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .._validation import CRFTypeError, CRFValueError, check_gamma
+from .._validation import CRFTypeError, CRFValueError, check_gamma, check_int, check_number
 from ..decomposition.chains import ChainProblem
 
-__all__ = ["STEP_RULES", "MAX_FIXED_STEP", "SolverOptions", "default_gamma_schedule", "gamma_range"]
+__all__ = [
+    "STEP_RULES",
+    "MAX_FIXED_STEP",
+    "SolverOptions",
+    "check_gamma_range",
+    "check_step",
+    "default_gamma_schedule",
+    "gamma_range",
+]
 
 STEP_RULES = ("adaptive", "paper")
 
@@ -33,7 +40,7 @@ def default_gamma_schedule(
     problem: ChainProblem, stages: int = 10, start: float = 1.0, end: float = 1e-4
 ) -> list[float]:
     """Geometric γ stages from ``start · scale`` to ``end · scale`` (scale: the potentials' spread)."""
-    stages = _index(stages, "stages", 1)
+    stages = check_int(stages, "stages", 1)
     start, end = _positive(start, "gamma_start"), _positive(end, "gamma_end")
     s = _potential_scale(problem)
     if stages == 1:
@@ -53,34 +60,39 @@ MAX_FIXED_STEP = 1.0
 GAMMA_MARGIN = 1e6
 
 
-def _index(value, name: str, low: int) -> int:
-    """``value`` as an int ``>= low`` (``operator.index``: no floats, strings or bools)."""
-    if isinstance(value, bool):
-        raise CRFTypeError(f"expected {name} to be an integer >= {low}, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise CRFTypeError(f"expected {name} to be an integer >= {low}, got {value!r}") from None
-    if v < low:
-        raise CRFValueError(f"expected {name} >= {low}, got {v}")
-    return v
-
-
-def _number(value, name: str) -> float:
-    """``value`` as a float (a real number, not a bool or a string)."""
-    if isinstance(value, (bool, str, bytes)):
-        raise CRFTypeError(f"expected {name} to be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise CRFTypeError(f"expected {name} to be a number, got {value!r}") from None
-
-
 def _positive(value, name: str) -> float:
-    v = _number(value, name)
+    """``value`` as a float ``> 0`` and finite."""
+    v = check_number(value, name)
     if not (0.0 < v < math.inf):
         raise CRFValueError(f"expected {name} > 0 and finite, got {value!r}")
     return v
+
+
+def check_step(step, rules: tuple[str, ...]) -> str | float:
+    """A step rule named in ``rules`` or a fixed number in ``(0, MAX_FIXED_STEP]``."""
+    if isinstance(step, str):
+        if step not in rules:
+            raise CRFValueError(f"expected step in {rules} or a number in (0, {MAX_FIXED_STEP}], got {step!r}")
+        return step
+    v = check_number(step, "step")
+    if not (0.0 < v <= MAX_FIXED_STEP):
+        raise CRFValueError(f"expected step in {rules} or a number in (0, {MAX_FIXED_STEP}], got {step!r}")
+    return v
+
+
+def check_gamma_range(gammas, problem: ChainProblem, validate_args: bool = True) -> None:
+    """Refuse a ``γ > 0`` outside :func:`gamma_range` for the problem's dtype (and, with
+    ``validate_args``, the potentials' magnitude: host reads)."""
+    if not any(g > 0 for g in gammas):
+        return
+    mag = potential_magnitude(problem) if validate_args else 1.0
+    low, high = gamma_range(problem.unary.dtype, mag)
+    for g in gammas:
+        if g > 0 and not (low <= g <= high):
+            raise CRFValueError(
+                f"expected gamma 0 or in [{low:.3g}, {high:.3g}] for {problem.unary.dtype} potentials of "
+                f"magnitude {mag:.3g} (else the smoothed values overflow), got {g!r}"
+            )
 
 
 def potential_magnitude(problem: ChainProblem) -> float:
@@ -142,12 +154,12 @@ class SolverOptions:
     validate_args: bool = True
 
     def __post_init__(self):
-        self.iters = _index(self.iters, "iters", 0)
-        self.stages = _index(self.stages, "stages", 1)
-        self.icm_sweeps = _index(self.icm_sweeps, "icm_sweeps", 0)
-        self.certificate_every = _index(self.certificate_every, "certificate_every", 1)
+        self.iters = check_int(self.iters, "iters", 0)
+        self.stages = check_int(self.stages, "stages", 1)
+        self.icm_sweeps = check_int(self.icm_sweeps, "icm_sweeps", 0)
+        self.certificate_every = check_int(self.certificate_every, "certificate_every", 1)
         if self.decode_every is not None:
-            self.decode_every = _index(self.decode_every, "decode_every", 1)
+            self.decode_every = check_int(self.decode_every, "decode_every", 1)
         self._check_step()
         if self.gamma is not None:
             self.gamma = check_gamma(self.gamma)
@@ -162,7 +174,7 @@ class SolverOptions:
             self._check_gammas()
         if not isinstance(self.decode, str) or self.decode not in ("icm", "argmax"):
             raise CRFValueError(f"expected decode in ('icm', 'argmax'), got {self.decode!r}")
-        tol = _number(self.tol, "tol")
+        tol = check_number(self.tol, "tol")
         if not (0.0 <= tol < math.inf):
             raise CRFValueError(f"expected tol >= 0 and finite, got {self.tol!r}")
         self.tol = tol
@@ -175,16 +187,7 @@ class SolverOptions:
             raise CRFTypeError(f"expected implementation to be a name (str) or None, got {self.implementation!r}")
 
     def _check_step(self) -> None:
-        if isinstance(self.step, str):
-            if self.step not in STEP_RULES:
-                raise CRFValueError(
-                    f"expected step in {STEP_RULES} or a number in (0, {MAX_FIXED_STEP}], got {self.step!r}"
-                )
-            return
-        v = _number(self.step, "step")
-        if not (0.0 < v <= MAX_FIXED_STEP):
-            raise CRFValueError(f"expected step in {STEP_RULES} or a number in (0, {MAX_FIXED_STEP}], got {self.step!r}")
-        self.step = v
+        self.step = check_step(self.step, STEP_RULES)
 
     def _check_gammas(self) -> None:
         try:
@@ -205,13 +208,5 @@ class SolverOptions:
             out = [self.gamma]
         else:
             out = default_gamma_schedule(problem, self.stages, self.gamma_start, self.gamma_end)
-        if any(g > 0 for g in out):
-            mag = potential_magnitude(problem) if self.validate_args else 1.0
-            low, high = gamma_range(problem.unary.dtype, mag)
-            for g in out:
-                if g > 0 and not (low <= g <= high):
-                    raise CRFValueError(
-                        f"expected gamma 0 or in [{low:.3g}, {high:.3g}] for {problem.unary.dtype} potentials of "
-                        f"magnitude {mag:.3g} (else the smoothed values overflow), got {g!r}"
-                    )
+        check_gamma_range(out, problem, self.validate_args)
         return out
