@@ -199,14 +199,20 @@ class SolverOptions:
         self.gammas = [check_gamma(g, "gammas entry") for g in values]
 
     def stage_gammas(self, problem: ChainProblem) -> list[float]:
-        """The γ of each stage: the explicit schedule, one fixed γ, or the default continuation;
-        each ``γ > 0`` checked against :func:`gamma_range` for the problem's dtype (and, with
-        ``validate_args``, the potentials' magnitude)."""
+        """The γ of each stage: the explicit schedule, one fixed γ, or the default continuation.
+
+        An explicit ``γ > 0`` outside :func:`gamma_range` for the problem's dtype (and, with
+        ``validate_args``, the potentials' magnitude) is refused; the default continuation is
+        clipped into that range (it only matters for potentials near the dtype's limits, e.g.
+        float32 scores of 1e30 whose spread is 1)."""
         if self.gammas is not None:
             out = list(self.gammas)
         elif self.gamma is not None:
             out = [self.gamma]
         else:
             out = default_gamma_schedule(problem, self.stages, self.gamma_start, self.gamma_end)
+            mag = potential_magnitude(problem) if self.validate_args else 1.0
+            low, high = gamma_range(problem.unary.dtype, mag)
+            return [min(max(g, low), high) for g in out]
         check_gamma_range(out, problem, self.validate_args)
         return out
