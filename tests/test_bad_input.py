@@ -480,6 +480,29 @@ def test_solve_map_float32_extreme_gamma_is_finite(gamma):
     assert (res.primal <= res.dual + 1e-4 * res.dual.abs().clamp(min=1)).all()
 
 
+SCORE_RANGE_CASES = [
+    ("grid-potts", lambda dt: crfkit.GridCRF(unary(dtype=dt), [crfkit.Potts(1e38)] * K)),
+    ("grid-unary", lambda dt: crfkit.GridCRF(unary(dtype=dt) * 1e38, [crfkit.Potts(1.0)] * K)),
+    ("graph-tables", lambda dt: crfkit.GraphMRF(torch.randn(N, L, dtype=dt), EDGES, 2e38 * torch.ones(E, L, L, dtype=dt))),
+    (
+        "graph-tl",
+        lambda dt: crfkit.GraphMRF(torch.randn(N, L, dtype=dt), EDGES, crfkit.TruncatedLinear(torch.full((E,), 1e38, dtype=dt), 2)),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SCORE_RANGE_CASES, ids=[c[0] for c in SCORE_RANGE_CASES])
+def test_models_refuse_scores_that_overflow_float32(case):
+    """Finite float32 potentials whose sum overflows (score, chains, certificate would be inf):
+    refused when built; the same values in float64 are accepted and solved to a finite result."""
+    with pytest.raises(ValueError) as info:
+        case[1](torch.float32)
+    msg = str(info.value)
+    assert "float32" in msg and "float64" in msg and "3.4e+38" in msg
+    res = crfkit.solve_map(case[1](torch.float64), iters=3)
+    assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
+
+
 def test_solver_options_refuse_an_empty_schedule():
     from crfkit.inference.solver_options import SolverOptions
 

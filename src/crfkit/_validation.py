@@ -23,6 +23,7 @@ __all__ = [
     "check_labels",
     "check_gamma",
     "check_int",
+    "check_score_range",
     "check_number",
     "fmt_shape",
 ]
@@ -151,3 +152,38 @@ def check_number(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise CRFTypeError(f"expected {name} to be a real number, got {value!r}") from None
+
+
+def _abs_max(t: torch.Tensor) -> float:
+    return float(t.detach().abs().max()) if t.numel() else 0.0
+
+
+def term_magnitude(form, num_labels: int) -> float:
+    """An upper bound on ``|score|`` of one edge under a pairwise form (duck-typed: the product of
+    its tensors' max ``|·|``, a numeric ``weight``, and ``min(truncation, L - 1)``). Host reads."""
+    m = 1.0
+    for t in form.tensors():
+        m *= _abs_max(t)
+    w = getattr(form, "weight", None)
+    if w is not None and not isinstance(w, torch.Tensor):
+        m *= abs(float(w))
+    trunc = getattr(form, "truncation", None)
+    if trunc is not None:
+        m *= min(float(trunc), max(num_labels - 1, 0))
+    return m
+
+
+def check_score_range(unary: torch.Tensor, nodes: int, terms, num_labels: int) -> None:
+    """Refuse potentials whose scores may overflow their dtype: the bound
+    ``nodes · max|unary| + Σ_k edges_k · |term_k|`` (``terms``: pairs ``(edges per model, form)``)
+    must stay below ``torch.finfo(dtype).max`` (so that ``score``, the chains' sums and the
+    certificate stay finite). Host reads: call when values are checked."""
+    bound = nodes * _abs_max(unary)
+    for count, form in terms:
+        bound += count * term_magnitude(form, num_labels)
+    limit = torch.finfo(unary.dtype).max
+    if not bound <= limit:
+        raise CRFValueError(
+            f"expected potentials whose scores fit {unary.dtype} (|score| <= {limit:.3g}), got a score bound "
+            f"N·max|unary| + Σ E·max|pairwise| = {bound:.3g}: rescale them or use float64"
+        )
