@@ -793,3 +793,41 @@ def test_fit_refuses_bad_budgets(kwargs, exc, parts):
         fit(mrf, samples, **kwargs)
     for p in parts:
         assert p in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------
+# certificates: NaN-aware bound, finite primal before stopping, a clear error if none is finite
+# ------------------------------------------------------------------------------------------
+def _incumbent(tol=1e-9):
+    from crfkit.decomposition.grid import grid_chain_problem
+    from crfkit.inference.dual_decomposition import DualDecomposition, _Incumbent
+    from crfkit.inference.solver_options import SolverOptions
+
+    problem = grid_chain_problem(grid())
+    return _Incumbent(problem, DualDecomposition(problem), SolverOptions(tol=tol))
+
+
+def test_a_nan_evaluation_never_replaces_a_finite_bound():
+    inc = _incumbent()
+    inc.bound(torch.tensor([5.0, 7.0], dtype=f64))
+    inc.bound(torch.tensor([float("nan"), 6.0], dtype=f64))
+    inc.bound(torch.tensor([-float("inf"), float("inf")], dtype=f64))
+    assert inc.certificate.tolist() == [5.0, 6.0]
+
+
+def test_no_convergence_before_a_labelling_is_scored():
+    """The primal is -inf until the first decoding: ``inf <= tol * inf`` must not stop the run."""
+    inc = _incumbent(tol=1e-3)
+    inc.bound(torch.tensor([5.0, 7.0], dtype=f64))
+    assert not inc.converged(1e-3)
+    inc.primal = torch.tensor([5.0, 7.0 - 1e-3], dtype=f64)
+    assert inc.converged(1e-3) and not inc.converged(1e-5)
+
+
+def test_a_non_finite_final_certificate_raises():
+    inc = _incumbent()
+    inc.primal = torch.tensor([1.0, 2.0], dtype=f64)
+    inc.bound(torch.tensor([3.0, float("nan")], dtype=f64))
+    with pytest.raises(ValueError) as info:
+        inc.final_certificate()
+    assert "finite certificate" in str(info.value) and "batch element 1" in str(info.value)
