@@ -783,9 +783,21 @@ def test_fit_warns_when_the_default_budget_runs_out(monkeypatch):
         (dict(max_steps=2.5), TypeError, ["max_steps", "integer", "2.5"]),
         (dict(max_steps=-1), ValueError, ["max_steps", ">= 0", "-1"]),
         (dict(gtol=float("nan")), ValueError, ["gtol", ">= 0", "nan"]),
+        (dict(lr=float("inf")), ValueError, ["lr", "> 0", "inf"]),
+        (dict(lr="a"), TypeError, ["lr", "number", "'a'"]),
+        (dict(l2=float("inf")), ValueError, ["l2", ">= 0", "inf"]),
+        (dict(eval_every=0), ValueError, ["eval_every", ">= 1", "0"]),
+        (dict(eval_seconds=-1.0), ValueError, ["eval_seconds", "> 0", "-1.0"]),
+        (dict(target=float("nan")), ValueError, ["target", "finite", "nan"]),
+        (dict(inner_tol=float("nan")), ValueError, ["inner_tol", ">= 0", "nan"]),
+        (dict(inner_max_iters=2.5), TypeError, ["inner_max_iters", "integer", "2.5"]),
+        (dict(max_seconds=-1), ValueError, ["max_seconds", ">= 0", "-1"]),
+        (dict(blocks=2.5), TypeError, ["blocks", "integer", "2.5"]),
+        (dict(optimizer=3), TypeError, ["optimizer", "Optimizer", "3"]),
+        (dict(progress="yes"), TypeError, ["progress", "True or False", "'yes'"]),
     ],
 )
-def test_fit_refuses_bad_budgets(kwargs, exc, parts):
+def test_fit_refuses_bad_arguments(kwargs, exc, parts):
     from crfkit.learning import fit
 
     mrf, samples = _grid_learning_problem()

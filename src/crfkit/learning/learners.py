@@ -26,7 +26,6 @@ on separate, warm-started states).
 from __future__ import annotations
 
 import math
-import operator
 import random
 import time
 import warnings
@@ -38,7 +37,9 @@ from .._validation import (
     CRFTypeError,
     CRFValueError,
     check_finite,
+    check_int,
     check_labels,
+    check_number,
     check_tensor,
     fmt_shape,
 )
@@ -305,17 +306,24 @@ class VariationalObjective:
         return self.value_and_grad(w)[0]
 
 
-def _count(value, name: str) -> int:
-    """``value`` as an int ``>= 0`` (not a bool, float or string)."""
-    if isinstance(value, bool):
-        raise CRFTypeError(f"expected {name} to be an integer >= 0 (or None), got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise CRFTypeError(f"expected {name} to be an integer >= 0 (or None), got {value!r}") from None
-    if v < 0:
-        raise CRFValueError(f"expected {name} >= 0, got {v}")
+def _real(value, name: str, low: float, *, strict: bool = False, optional: bool = False):
+    """``value`` as a finite float ``>= low`` (``> low`` when ``strict``); ``None`` passes when
+    ``optional``."""
+    if value is None and optional:
+        return None
+    v = check_number(value, name)
+    ok = math.isfinite(v) and (v > low if strict else v >= low)
+    if not ok:
+        bound = "to be a finite number" if low == -math.inf else (f"> {low:g} and finite" if strict else f">= {low:g} and finite")
+        raise CRFValueError(f"expected {name} {bound}{' (or None)' if optional else ''}, got {value!r}")
     return v
+
+
+def _check_optimizer(optimizer, optimizer_kwargs) -> None:
+    if optimizer is not None and not callable(optimizer):
+        raise CRFTypeError(f"expected optimizer to be a torch.optim.Optimizer class (or None), got {optimizer!r}")
+    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, dict):
+        raise CRFTypeError(f"expected optimizer_kwargs to be a dict (or None), got {optimizer_kwargs!r}")
 
 
 def _warn_not_converged(method: str, steps: int, gtol: float, grad_norm: float, distance) -> None:
@@ -416,15 +424,27 @@ def fit(
         raise CRFValueError(f"expected method in {METHODS}, got {method!r}")
     if block_order not in ("cyclic", "random"):
         raise CRFValueError(f"expected block_order 'cyclic' or 'random', got {block_order!r}")
-    l2 = float(l2)
-    if not (l2 >= 0):
-        raise CRFValueError(f"expected l2 >= 0, got {l2!r}")
+    l2, gtol, inner_tol, eval_tol, target_rtol = (
+        _real(l2, "l2", 0.0), _real(gtol, "gtol", 0.0), _real(inner_tol, "inner_tol", 0.0),
+        _real(eval_tol, "eval_tol", 0.0), _real(target_rtol, "target_rtol", 0.0),
+    )
+    lr, max_seconds, eval_seconds = (
+        _real(lr, "lr", 0.0, strict=True, optional=True), _real(max_seconds, "max_seconds", 0.0, optional=True),
+        _real(eval_seconds, "eval_seconds", 0.0, strict=True, optional=True),
+    )
+    target = _real(target, "target", -math.inf, optional=True)
+    inner_max_iters, seed = check_int(inner_max_iters, "inner_max_iters", 1), check_int(seed, "seed", 0)
+    if eval_every is not None:
+        eval_every = check_int(eval_every, "eval_every", 1)
+    if isinstance(blocks, (bool, float)):
+        raise CRFTypeError(f"expected blocks to be an integer >= 1 or a list of node index tensors, got {blocks!r}")
+    _check_optimizer(optimizer, optimizer_kwargs)
+    for name, flag in (("distributed", distributed), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise CRFTypeError(f"expected {name} to be True or False, got {flag!r}")
     budget_by_convergence = max_steps is None
     if not budget_by_convergence:
-        max_steps = _count(max_steps, "max_steps")
-    gtol = float(gtol)
-    if not (gtol >= 0 and math.isfinite(gtol)):
-        raise CRFValueError(f"expected gtol >= 0 and finite, got {gtol!r}")
+        max_steps = check_int(max_steps, "max_steps", 0)
     examples, w0, kind = _prepare(
         mrf_or_model, samples, counting, blocks if method == "bbpl" else None, 1.0, damping
     )
@@ -451,8 +471,8 @@ def fit(
                 step_size /= max(len(ex.blocks) for ex in examples)
         else:
             step_size = float(lr)
-        if not (step_size > 0):
-            raise CRFValueError(f"expected lr > 0, got {lr!r}")
+        if not (0 < step_size < math.inf):  # the default from l2 and the features
+            raise CRFValueError(f"expected a finite default lr > 0 (from l2={l2!r} and the features), got {step_size!r}")
     round_len = len(schedule) if method == "bbpl" else 1
     if distributed:
         import torch.distributed as tdist
