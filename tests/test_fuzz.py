@@ -25,7 +25,7 @@ from crfkit._validation import CRFShapeError, CRFTypeError, CRFValueError
 from crfkit.inference.solver_options import SolverOptions
 
 CLEAR_ERRORS = (CRFValueError, CRFShapeError, CRFTypeError)
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # numbers a user might pass: ordinary, edge, non-finite, wrong type
 WEIRD_FLOATS = st.sampled_from(
