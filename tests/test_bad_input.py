@@ -483,10 +483,12 @@ def test_solve_map_float32_extreme_gamma_is_finite(gamma):
 SCORE_RANGE_CASES = [
     ("grid-potts", lambda dt: crfkit.GridCRF(unary(dtype=dt), [crfkit.Potts(1e38)] * K)),
     ("grid-unary", lambda dt: crfkit.GridCRF(unary(dtype=dt) * 1e38, [crfkit.Potts(1.0)] * K)),
-    ("graph-tables", lambda dt: crfkit.GraphMRF(torch.randn(N, L, dtype=dt), EDGES, 2e38 * torch.ones(E, L, L, dtype=dt))),
+    ("graph-tables", lambda dt: _graph(u=torch.randn(N, L, dtype=dt), p=2e38 * torch.ones(E, L, L, dtype=dt))),
     (
         "graph-tl",
-        lambda dt: crfkit.GraphMRF(torch.randn(N, L, dtype=dt), EDGES, crfkit.TruncatedLinear(torch.full((E,), 1e38, dtype=dt), 2)),
+        lambda dt: crfkit.GraphMRF(
+            torch.randn(N, L, dtype=dt), EDGES, crfkit.TruncatedLinear(torch.full((E,), 1e38, dtype=dt), 2)
+        ),
     ),
 ]
 
@@ -511,12 +513,17 @@ def test_solver_options_refuse_an_empty_schedule():
     assert "gammas" in str(info.value) and "empty" in str(info.value)
 
 
+def _graph(u=None, e=None, p=None):
+    u = torch.randn(N, L, dtype=f64) if u is None else u
+    return crfkit.GraphMRF(u, EDGES if e is None else e, torch.randn(E, L, L, dtype=f64) if p is None else p)
+
+
 META_CASES = [
     ("grid-unary", lambda: crfkit.GridCRF(unary().to("meta"), tables())),
     ("grid-pairwise", lambda: crfkit.GridCRF(unary(), [t.to("meta") for t in tables()])),
-    ("graph-unary", lambda: crfkit.GraphMRF(torch.randn(N, L, dtype=f64, device="meta"), EDGES, torch.randn(E, L, L, dtype=f64))),
-    ("graph-edges", lambda: crfkit.GraphMRF(torch.randn(N, L, dtype=f64), EDGES.to("meta"), torch.randn(E, L, L, dtype=f64))),
-    ("graph-potts", lambda: crfkit.GraphMRF(torch.randn(N, L, dtype=f64), EDGES, crfkit.Potts(torch.ones(E, dtype=f64, device="meta")))),
+    ("graph-unary", lambda: _graph(u=torch.randn(N, L, dtype=f64, device="meta"))),
+    ("graph-edges", lambda: _graph(e=EDGES.to("meta"))),
+    ("graph-potts", lambda: _graph(p=crfkit.Potts(torch.ones(E, dtype=f64, device="meta")))),
 ]
 
 
