@@ -178,10 +178,19 @@ def check_score_range(unary: torch.Tensor, nodes: int, terms, num_labels: int) -
     ``nodes · max|unary| + Σ_k edges_k · |term_k|`` (``terms``: pairs ``(edges per model, form)``)
     must stay below ``torch.finfo(dtype).max`` (so that ``score``, the chains' sums and the
     certificate stay finite). Host reads: call when values are checked."""
+    limit = torch.finfo(unary.dtype).max
     bound = nodes * _abs_max(unary)
     for count, form in terms:
-        bound += count * term_magnitude(form, num_labels)
-    limit = torch.finfo(unary.dtype).max
+        mag = term_magnitude(form, num_labels)
+        w = getattr(form, "weight", None)
+        if w is not None and not isinstance(w, torch.Tensor):  # a number weight is cast to the dtype
+            mag = max(mag, abs(float(w)))
+        if not mag <= limit:  # even with no edges
+            raise CRFValueError(
+                f"expected pairwise scores that fit {unary.dtype} (|score| <= {limit:.3g}), got {form!r} "
+                f"(scores up to {mag:.3g}): rescale them or use float64"
+            )
+        bound += count * mag
     if not bound <= limit:
         raise CRFValueError(
             f"expected potentials whose scores fit {unary.dtype} (|score| <= {limit:.3g}), got a score bound "
