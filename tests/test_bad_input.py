@@ -839,8 +839,14 @@ def test_no_convergence_before_a_labelling_is_scored():
     inc = _incumbent(tol=1e-3)
     inc.bound(torch.tensor([5.0, 7.0], dtype=f64))
     assert not inc.converged(1e-3)
-    inc.primal = torch.tensor([5.0, 7.0 - 1e-3], dtype=f64)
-    assert inc.converged(1e-3) and not inc.converged(1e-5)
+    inc.consider(torch.zeros_like(inc.labels))
+    primal = inc.primal.clone()
+    assert torch.isfinite(primal).all()
+    near = primal + 1e-5 * primal.abs().clamp(min=1.0)
+    inc.bound(near)
+    assert not inc.converged(1e-7)
+    inc.bound(near)
+    assert inc.converged(1e-3)
 
 
 def test_a_non_finite_final_certificate_raises():

@@ -253,11 +253,15 @@ class _Incumbent:
         self.labels = torch.zeros(problem.num_nodes, dtype=torch.long, device=device)
         self.primal = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
         self.certificate = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+        self._scored = False  # a labelling has been scored (the primal can be finite)
+        self._changed = False  # bound or primal moved since the last convergence test
 
     def consider(self, labels: torch.Tensor) -> None:
         sc = problem_score(self.problem, labels)
         better = sc > self.primal  # False for NaN: a NaN score never replaces a labelling
+        self._scored = True
         if bool(better.any()):
+            self._changed = True
             take = better[self.problem.node_batch]
             self.labels = torch.where(take, labels, self.labels)
             self.primal = torch.where(better, sc, self.primal)
@@ -271,6 +275,7 @@ class _Incumbent:
     def bound(self, value: torch.Tensor) -> None:
         """Keep the lowest finite bound (NaN-aware: ``torch.minimum`` would propagate a NaN)."""
         value = value.to(self.certificate.dtype)
+        self._changed = True
         self.certificate = torch.where(
             torch.isfinite(value), torch.minimum(self.certificate, value), self.certificate
         )
@@ -282,9 +287,11 @@ class _Incumbent:
 
     def converged(self, tol: float) -> bool:
         """``gap <= tol · max(1, |dual|)`` with a finite primal and bound, for every batch element
-        (before the first decoding the primal is ``-inf``: never converged)."""
-        if not tol > 0:
+        (before the first decoding the primal is ``-inf``: never converged). Reads the device only
+        when the bound or the primal moved since the last test (one sync per change)."""
+        if not (tol > 0 and self._scored and self._changed):
             return False
+        self._changed = False
         cert, primal = self.certificate, self.primal
         ok = torch.isfinite(primal) & torch.isfinite(cert)
         ok &= (cert - primal) <= tol * cert.abs().clamp(min=1.0)
