@@ -856,3 +856,18 @@ def test_a_non_finite_final_certificate_raises():
     with pytest.raises(ValueError) as info:
         inc.final_certificate()
     assert "finite certificate" in str(info.value) and "batch element 1" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_float_dtype_has_a_usable_gamma_range(dtype):
+    """The accepted γ range is not empty, contains the layer's default γ = 2, and the default
+    solve is finite (float16's range is narrower: its margin follows the dtype)."""
+    from crfkit.inference.solver_options import gamma_range
+
+    low, high = gamma_range(dtype, 10.0)
+    assert 0 < low < 2.0 < high < torch.finfo(dtype).max
+    crf = crfkit.GridCRF(unary(dtype=dtype), [crfkit.Potts(0.5)] * K)
+    res = crfkit.solve_map(crf, iters=10)
+    assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
+    out = DualDecompositionCRF(2, 2.0)(unary(dtype=dtype), [crfkit.Potts(0.5)] * K)
+    assert torch.isfinite(out).all()

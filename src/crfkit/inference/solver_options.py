@@ -56,7 +56,9 @@ def default_gamma_schedule(
 #: 1 keeps a margin of 3 to the first NaN and loses nothing (the adaptive rule stops at 1 too).
 MAX_FIXED_STEP = 1.0
 
-#: Relative margin kept between γ and the dtype's limits (``x / γ`` and ``γ · log Σ`` finite).
+#: Relative margin kept between γ and the dtype's limits (``x / γ`` and ``γ · log Σ`` finite);
+#: 16-bit floats get ``(max / tiny) ** 0.25`` instead (about 180 for float16), so that their
+#: range is not empty.
 GAMMA_MARGIN = 1e6
 
 
@@ -111,11 +113,13 @@ def potential_magnitude(problem: ChainProblem) -> float:
 
 def gamma_range(dtype: torch.dtype, magnitude: float = 1.0) -> tuple[float, float]:
     """The γ > 0 accepted for potentials of ``dtype`` whose scores are at most ``magnitude``:
-    ``[max(tiny, magnitude / max) · 1e6, max · 1e-6]`` (``torch.finfo``), so that ``x / γ`` and
-    the smoothed values stay finite (float32: about ``[1.2e-32, 3.4e32]`` for scores of size 1)."""
+    ``[max(tiny, magnitude / max) · m, max / m]`` (``torch.finfo``; ``m = GAMMA_MARGIN``, less for
+    16-bit floats), so that ``x / γ`` and the smoothed values stay finite (float32: about
+    ``[1.2e-32, 3.4e32]`` for scores of size 1; float16: about ``[0.011, 360]``)."""
     fi = torch.finfo(dtype)
-    low = max(fi.tiny, magnitude / fi.max) * GAMMA_MARGIN
-    return low, fi.max / GAMMA_MARGIN
+    margin = min(GAMMA_MARGIN, (fi.max / fi.tiny) ** 0.25)
+    low = max(fi.tiny, magnitude / fi.max) * margin
+    return low, fi.max / margin
 
 
 @dataclass
