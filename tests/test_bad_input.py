@@ -427,6 +427,26 @@ SOLVE_CASES = [
     ("unknown-step", dict(step="bogus"), ValueError, ["step", "bogus", "paper"]),
     ("negative-step", dict(step=-0.5), ValueError, ["step", "-0.5"]),
     ("negative-iters", dict(iters=-3), ValueError, ["iters", "-3"]),
+    ("float-iters", dict(iters=2.5), TypeError, ["iters", "integer", "2.5"]),
+    ("string-iters", dict(iters="10"), TypeError, ["iters", "integer", "'10'"]),
+    ("bool-iters", dict(iters=True), TypeError, ["iters", "integer", "True"]),
+    ("zero-stages", dict(stages=0), ValueError, ["stages", ">= 1", "0"]),
+    ("negative-stages", dict(stages=-2), ValueError, ["stages", ">= 1", "-2"]),
+    ("negative-gamma-start", dict(gamma_start=-1), ValueError, ["gamma_start", "> 0", "-1"]),
+    ("zero-gamma-end", dict(gamma_end=0.0), ValueError, ["gamma_end", "> 0", "0.0"]),
+    ("rising-schedule", dict(gamma_start=0.1, gamma_end=0.5), ValueError, ["gamma_end <= gamma_start", "0.5"]),
+    ("negative-icm-sweeps", dict(icm_sweeps=-1), ValueError, ["icm_sweeps", ">= 0", "-1"]),
+    ("negative-decode-every", dict(decode_every=-3), ValueError, ["decode_every", ">= 1", "-3"]),
+    ("zero-certificate-every", dict(certificate_every=0), ValueError, ["certificate_every", ">= 1", "0"]),
+    ("nan-tol", dict(tol=float("nan")), ValueError, ["tol", ">= 0", "nan"]),
+    ("negative-tol", dict(tol=-1e-3), ValueError, ["tol", ">= 0", "-0.001"]),
+    ("string-momentum", dict(momentum="no"), TypeError, ["momentum", "True or False", "'no'"]),
+    ("int-callback", dict(callback=3), TypeError, ["callback", "callable", "3"]),
+    ("huge-step", dict(step=100.0), ValueError, ["step", "(0, 1.0]", "100.0"]),
+    ("inf-step", dict(step=float("inf")), ValueError, ["step", "(0, 1.0]", "inf"]),
+    ("bool-step", dict(step=True), TypeError, ["step", "number", "True"]),
+    ("bool-gamma", dict(gamma=True), TypeError, ["gamma", "number", "True"]),
+    ("unknown-decode", dict(decode="max"), ValueError, ["decode", "'icm'", "'max'"]),
 ]
 
 
@@ -439,6 +459,80 @@ def test_solve_map_refuses(case):
     msg = str(info.value)
     for p in parts:
         assert p in msg, f"{p!r} not in message {msg!r}"
+
+
+@pytest.mark.parametrize("gamma", [1e-40, 1e38])
+def test_solve_map_refuses_gamma_outside_the_dtype_range(gamma):
+    """float32: ``x / γ`` or ``γ · log Σ`` would overflow (NaN certificates before the check)."""
+    crf = crfkit.GridCRF(unary(dtype=torch.float32), [crfkit.Potts(0.5)] * K)
+    with pytest.raises(ValueError) as info:
+        crfkit.solve_map(crf, iters=2, gamma=gamma)
+    msg = str(info.value)
+    assert "gamma" in msg and "float32" in msg and repr(gamma) in msg
+
+
+@pytest.mark.parametrize("gamma", [1e-30, 1e30])
+def test_solve_map_float32_extreme_gamma_is_finite(gamma):
+    """At the edges of the accepted range the certificate is finite and brackets the labelling."""
+    crf = crfkit.GridCRF(unary(dtype=torch.float32), [crfkit.Potts(0.5)] * K)
+    res = crfkit.solve_map(crf, iters=5, gamma=gamma)
+    assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
+    assert (res.primal <= res.dual + 1e-4 * res.dual.abs().clamp(min=1)).all()
+
+
+SCORE_RANGE_CASES = [
+    ("grid-potts", lambda dt: crfkit.GridCRF(unary(dtype=dt), [crfkit.Potts(1e38)] * K)),
+    ("grid-unary", lambda dt: crfkit.GridCRF(unary(dtype=dt) * 1e38, [crfkit.Potts(1.0)] * K)),
+    ("graph-tables", lambda dt: _graph(u=torch.randn(N, L, dtype=dt), p=2e38 * torch.ones(E, L, L, dtype=dt))),
+    (
+        "graph-tl",
+        lambda dt: crfkit.GraphMRF(
+            torch.randn(N, L, dtype=dt), EDGES, crfkit.TruncatedLinear(torch.full((E,), 1e38, dtype=dt), 2)
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SCORE_RANGE_CASES, ids=[c[0] for c in SCORE_RANGE_CASES])
+def test_models_refuse_scores_that_overflow_float32(case):
+    """Finite float32 potentials whose sum overflows (score, chains, certificate would be inf):
+    refused when built; the same values in float64 are accepted and solved to a finite result."""
+    with pytest.raises(ValueError) as info:
+        case[1](torch.float32)
+    msg = str(info.value)
+    assert "float32" in msg and "float64" in msg and "3.4e+38" in msg
+    res = crfkit.solve_map(case[1](torch.float64), iters=3)
+    assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
+
+
+def test_solver_options_refuse_an_empty_schedule():
+    from crfkit.inference.solver_options import SolverOptions
+
+    with pytest.raises(ValueError) as info:
+        SolverOptions(gammas=[])
+    assert "gammas" in str(info.value) and "empty" in str(info.value)
+
+
+def _graph(u=None, e=None, p=None):
+    u = torch.randn(N, L, dtype=f64) if u is None else u
+    return crfkit.GraphMRF(u, EDGES if e is None else e, torch.randn(E, L, L, dtype=f64) if p is None else p)
+
+
+META_CASES = [
+    ("grid-unary", lambda: crfkit.GridCRF(unary().to("meta"), tables())),
+    ("grid-pairwise", lambda: crfkit.GridCRF(unary(), [t.to("meta") for t in tables()])),
+    ("graph-unary", lambda: _graph(u=torch.randn(N, L, dtype=f64, device="meta"))),
+    ("graph-edges", lambda: _graph(e=EDGES.to("meta"))),
+    ("graph-potts", lambda: _graph(p=crfkit.Potts(torch.ones(E, dtype=f64, device="meta")))),
+]
+
+
+@pytest.mark.parametrize("case", META_CASES, ids=[c[0] for c in META_CASES])
+def test_models_refuse_meta_tensors(case):
+    with pytest.raises(ValueError) as info:
+        case[1]()
+    msg = str(info.value)
+    assert "CPU or CUDA" in msg and "meta" in msg
 
 
 def test_solve_map_refuses_other_models():
@@ -489,6 +583,15 @@ LAYER_CASES = [
         lambda: DualDecompositionCRF(2, 1.0)(with_nan(unary()), tables()),
         ValueError,
         ["unary", "finite"],
+    ),
+    ("float-iters", lambda: DualDecompositionCRF(num_iters=2.5), TypeError, ["num_iters", "integer", "2.5"]),
+    ("big-step", lambda: DualDecompositionCRF(step=2.0), ValueError, ["step", "(0, 1.0]", "2.0"]),
+    ("string-flag", lambda: DualDecompositionCRF(stop_if_rises="yes"), TypeError, ["stop_if_rises", "'yes'"]),
+    (
+        "float32-tiny-gamma",
+        lambda: DualDecompositionCRF(2, 1e-40)(unary(dtype=torch.float32), [crfkit.Potts(1.0)] * K),
+        ValueError,
+        ["gamma", "float32", "1e-40"],
     ),
 ]
 
@@ -638,3 +741,133 @@ def test_graph_mrf_refuses(case):
     msg = str(info.value)
     for p in parts:
         assert p in msg, f"{p!r} not in message {msg!r}"
+
+
+# ------------------------------------------------------------------------------------------
+# defaults that finish: fit's budget is by convergence
+# ------------------------------------------------------------------------------------------
+def _grid_learning_problem():
+    from crfkit.data.synthetic import grid_edges
+
+    g = torch.Generator().manual_seed(0)
+    edges = grid_edges(3, 3)
+    L2 = 2
+    mrf = crfkit.GraphMRF(
+        0.5 * torch.randn(9, L2, dtype=f64, generator=g), edges,
+        0.5 * torch.randn(edges.shape[0], L2, L2, dtype=f64, generator=g),
+    )
+    return mrf, torch.randint(0, L2, (20, 9), generator=g)
+
+
+def test_fit_default_budget_reaches_full_bp_optimum():
+    """BBPL with its default budget on a 3×3 grid (TRW counting numbers) ends converged, near the
+    optimum that full BP reaches with a tight gradient tolerance (the former default of 1000
+    steps stopped 0.34 away, silently)."""
+    from crfkit.learning import fit
+
+    mrf, samples = _grid_learning_problem()
+    full = fit(mrf, samples, method="full", max_steps=20000, gtol=1e-9, eval_every=10**9)
+    assert full.converged
+    res = fit(mrf, samples, method="bbpl", eval_every=10**9, reference=full.weights)
+    assert res.converged and res.steps > 1000
+    assert res.history[-1]["distance"] < 1e-3
+
+
+def test_fit_warns_when_the_default_budget_runs_out(monkeypatch):
+    import crfkit.learning.learners as learners
+
+    monkeypatch.setattr(learners, "DEFAULT_MAX_ROUNDS", 3)
+    mrf, samples = _grid_learning_problem()
+    with pytest.warns(learners.FitNotConvergedWarning, match="gradient max-norm .* > gtol"):
+        res = learners.fit(mrf, samples, eval_every=10**9)
+    assert not res.converged
+    assert res.steps == 3 * 8  # 8 blocks per round
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, parts",
+    [
+        (dict(max_steps=2.5), TypeError, ["max_steps", "integer", "2.5"]),
+        (dict(max_steps=-1), ValueError, ["max_steps", ">= 0", "-1"]),
+        (dict(gtol=float("nan")), ValueError, ["gtol", ">= 0", "nan"]),
+        (dict(lr=float("inf")), ValueError, ["lr", "> 0", "inf"]),
+        (dict(lr="a"), TypeError, ["lr", "number", "'a'"]),
+        (dict(l2=float("inf")), ValueError, ["l2", ">= 0", "inf"]),
+        (dict(eval_every=0), ValueError, ["eval_every", ">= 1", "0"]),
+        (dict(eval_seconds=-1.0), ValueError, ["eval_seconds", "> 0", "-1.0"]),
+        (dict(target=float("nan")), ValueError, ["target", "finite", "nan"]),
+        (dict(inner_tol=float("nan")), ValueError, ["inner_tol", ">= 0", "nan"]),
+        (dict(inner_max_iters=2.5), TypeError, ["inner_max_iters", "integer", "2.5"]),
+        (dict(max_seconds=-1), ValueError, ["max_seconds", ">= 0", "-1"]),
+        (dict(blocks=2.5), TypeError, ["blocks", "integer", "2.5"]),
+        (dict(optimizer=3), TypeError, ["optimizer", "Optimizer", "3"]),
+        (dict(progress="yes"), TypeError, ["progress", "True or False", "'yes'"]),
+    ],
+)
+def test_fit_refuses_bad_arguments(kwargs, exc, parts):
+    from crfkit.learning import fit
+
+    mrf, samples = _grid_learning_problem()
+    with pytest.raises(exc) as info:
+        fit(mrf, samples, **kwargs)
+    for p in parts:
+        assert p in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------
+# certificates: NaN-aware bound, finite primal before stopping, a clear error if none is finite
+# ------------------------------------------------------------------------------------------
+def _incumbent(tol=1e-9):
+    from crfkit.decomposition.grid import grid_chain_problem
+    from crfkit.inference.dual_decomposition import DualDecomposition, _Incumbent
+    from crfkit.inference.solver_options import SolverOptions
+
+    problem = grid_chain_problem(grid())
+    return _Incumbent(problem, DualDecomposition(problem), SolverOptions(tol=tol))
+
+
+def test_a_nan_evaluation_never_replaces_a_finite_bound():
+    inc = _incumbent()
+    inc.bound(torch.tensor([5.0, 7.0], dtype=f64))
+    inc.bound(torch.tensor([float("nan"), 6.0], dtype=f64))
+    inc.bound(torch.tensor([-float("inf"), float("inf")], dtype=f64))
+    assert inc.certificate.tolist() == [5.0, 6.0]
+
+
+def test_no_convergence_before_a_labelling_is_scored():
+    """The primal is -inf until the first decoding: ``inf <= tol * inf`` must not stop the run."""
+    inc = _incumbent(tol=1e-3)
+    inc.bound(torch.tensor([5.0, 7.0], dtype=f64))
+    assert not inc.converged(1e-3)
+    inc.consider(torch.zeros_like(inc.labels))
+    primal = inc.primal.clone()
+    assert torch.isfinite(primal).all()
+    near = primal + 1e-5 * primal.abs().clamp(min=1.0)
+    inc.bound(near)
+    assert not inc.converged(1e-7)
+    inc.bound(near)
+    assert inc.converged(1e-3)
+
+
+def test_a_non_finite_final_certificate_raises():
+    inc = _incumbent()
+    inc.primal = torch.tensor([1.0, 2.0], dtype=f64)
+    inc.bound(torch.tensor([3.0, float("nan")], dtype=f64))
+    with pytest.raises(ValueError) as info:
+        inc.final_certificate()
+    assert "finite certificate" in str(info.value) and "batch element 1" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_float_dtype_has_a_usable_gamma_range(dtype):
+    """The accepted γ range is not empty, contains the layer's default γ = 2, and the default
+    solve is finite (float16's range is narrower: its margin follows the dtype)."""
+    from crfkit.inference.solver_options import gamma_range
+
+    low, high = gamma_range(dtype, 10.0)
+    assert 0 < low < 2.0 < high < torch.finfo(dtype).max
+    crf = crfkit.GridCRF(unary(dtype=dtype), [crfkit.Potts(0.5)] * K)
+    res = crfkit.solve_map(crf, iters=10)
+    assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
+    out = DualDecompositionCRF(2, 2.0)(unary(dtype=dtype), [crfkit.Potts(0.5)] * K)
+    assert torch.isfinite(out).all()

@@ -29,10 +29,12 @@ solve_map = crfkit.solve_map
 
 # The three ways to run it (docs/maths.md, "Dual decomposition"): the default continuation, the paper's Alg. 1,
 # fixed smoothing.
+# tol=0.0: run every iteration, so that histories have ``iters + 1`` rows (the default tol stops
+# early once the gap is 0: test_early_stop_on_a_tree).
 METHODS = {
-    "default": {},
-    "paper": {"gamma": 0.0, "step": "paper"},
-    "smooth": {"gamma": 1.0},
+    "default": {"tol": 0.0},
+    "paper": {"gamma": 0.0, "step": "paper", "tol": 0.0},
+    "smooth": {"gamma": 1.0, "tol": 0.0},
 }
 DIAGONAL_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
@@ -148,7 +150,7 @@ def test_single_offset_marginals_by_enumeration(gamma):
     dual (the sum of all chains' values): ``m(l) - smax(m) + dual_history[-1]``."""
     rng = np.random.default_rng(2)
     spec = random_spec(rng, 2, 3, 2, 3, offsets=((1, 1),), forms=["dense"])
-    res = solve_map(spec_to_crf(spec), iters=3, gamma=gamma, step="paper")
+    res = solve_map(spec_to_crf(spec), iters=3, gamma=gamma, step="paper", tol=0.0)
     scores, X = all_scores(spec)
     B, L, H, W = spec.shape
     for b in range(B):
@@ -217,7 +219,7 @@ def test_paper_iteration_matches_unrolled_transcription(gamma):
         rng, 2, 3, 3, 4, offsets=((0, 1), (1, 0), (1, -1)), forms=["dense", "tl", "weighted"]
     )
     iters = 12
-    res = solve_map(spec_to_crf(spec), iters=iters, gamma=gamma, step="paper")
+    res = solve_map(spec_to_crf(spec), iters=iters, gamma=gamma, step="paper", tol=0.0)
     B, L, H, W = spec.shape
     for b in range(B):
         unary = torch.as_tensor(spec.unary[b].reshape(L, H * W).T.copy())
@@ -306,7 +308,7 @@ def test_default_is_monotone_within_each_stage():
     spec = random_spec(
         rng, 2, 3, 5, 5, offsets=DIAGONAL_OFFSETS, forms=["dense", "weighted", "dense", "shared"]
     )
-    res = solve_map(spec_to_crf(spec), iters=200)
+    res = solve_map(spec_to_crf(spec), iters=200, tol=0.0)
     h = res.dual_history.double().numpy()
     g = np.asarray(res.gamma_history, dtype=np.float64)
     assert g.shape == (h.shape[0],)
@@ -338,7 +340,7 @@ def test_fixed_gamma_converges_to_smoothed_dual_minimum(gamma, L):
     spec = random_spec(
         rng, 1, L, 3, 3, offsets=DIAGONAL_OFFSETS, forms=["dense", "potts", "weighted", "dense"]
     )
-    res = solve_map(spec_to_crf(spec), iters=400, gamma=gamma)
+    res = solve_map(spec_to_crf(spec), iters=400, gamma=gamma, tol=0.0)
     want = smoothed_dual_min(spec, 0, gamma)
     hist = res.dual_history[:, 0].double().numpy()
     # no iterate is below the minimum; the last is at it
@@ -389,3 +391,26 @@ def test_graph_mrf_certificate(method):
     best = brute_max(spec)
     assert np.all(res.primal.numpy() <= best + 1e-9)
     assert np.all(best <= res.dual.numpy() + 1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_early_stop_on_a_tree(seed):
+    """On a tree the LP relaxation is tight: with the default ``tol`` the solver stops at the
+    first decoding whose gap is 0 (a stage end), with ``primal == dual == max score`` by
+    enumeration; ``tol=0.0`` runs every iteration to the same answer."""
+    rng = np.random.default_rng(seed)
+    N, L, iters = 7, 3, 1000
+    edges = np.array([[int(rng.integers(0, i)), i] for i in range(1, N)])
+    unary, tables = rng.normal(size=(N, L)), rng.normal(size=(N - 1, L, L))
+    mrf = crfkit.GraphMRF(torch.as_tensor(unary), torch.as_tensor(edges), torch.as_tensor(tables))
+    X = np.array(np.meshgrid(*[np.arange(L)] * N, indexing="ij")).reshape(N, -1).T  # [L^N, N]
+    scores = unary[np.arange(N), X].sum(1) + tables[np.arange(N - 1), X[:, edges[:, 0]], X[:, edges[:, 1]]].sum(1)
+    best = scores.max()
+    res = solve_map(mrf, iters=iters)
+    assert res.iterations < iters // 2
+    assert res.dual_history.shape == (res.iterations + 1, 1)
+    np.testing.assert_allclose(res.primal.numpy(), [best], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(res.dual.numpy(), [best], rtol=1e-9, atol=1e-9)
+    full = solve_map(mrf, iters=iters, tol=0.0)
+    assert full.iterations == iters
+    np.testing.assert_allclose(full.primal.numpy(), [best], rtol=1e-9, atol=1e-9)

@@ -8,6 +8,7 @@ silently: shapes must match exactly.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -18,8 +19,12 @@ __all__ = [
     "CRFTypeError",
     "check_tensor",
     "check_finite",
+    "check_device",
     "check_labels",
     "check_gamma",
+    "check_int",
+    "check_score_range",
+    "check_number",
     "fmt_shape",
 ]
 
@@ -60,6 +65,7 @@ def check_tensor(
     pretty = "[" + ", ".join(spec) + "]"
     if not isinstance(x, torch.Tensor):
         raise CRFTypeError(f"expected {name} to be a torch.Tensor of shape {pretty}, got {type(x).__name__}")
+    check_device(x, name)
     if x.dim() != len(spec):
         raise CRFShapeError(f"expected {name} of shape {pretty}, got {fmt_shape(x.shape)}")
     for letter, size in zip(spec, x.shape):
@@ -78,6 +84,16 @@ def check_tensor(
     if integer and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
         raise CRFTypeError(f"expected {name} to have an integer dtype (torch.long), got {x.dtype}")
     return sizes
+
+
+#: Devices whose tensors hold values (``meta`` tensors have shapes only).
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def check_device(x: torch.Tensor, name: str) -> None:
+    """Refuse tensors on a device other than the CPU or CUDA (e.g. ``meta``: no values to compute with)."""
+    if x.device.type not in DEVICE_TYPES:
+        raise CRFValueError(f"expected {name} to be a CPU or CUDA tensor, got a tensor on device {x.device}")
 
 
 def check_finite(x: torch.Tensor, name: str, *, allow_neg_inf: bool = False) -> None:
@@ -103,6 +119,9 @@ def check_labels(labels: torch.Tensor, name: str, num_labels: int) -> None:
 
 
 def check_gamma(gamma: float, name: str = "gamma") -> float:
+    """``gamma`` as a float ``>= 0`` and finite (a number, not a bool or a string)."""
+    if isinstance(gamma, (bool, str, bytes)):
+        raise CRFTypeError(f"expected {name} to be a number >= 0, got {gamma!r}")
     try:
         g = float(gamma)
     except (TypeError, ValueError):
@@ -110,3 +129,70 @@ def check_gamma(gamma: float, name: str = "gamma") -> float:
     if not (g >= 0.0) or g == float("inf"):
         raise CRFValueError(f"expected {name} >= 0 and finite, got {gamma!r}")
     return g
+
+
+def check_int(value, name: str, low: int = 0) -> int:
+    """``value`` as an int ``>= low`` (``operator.index``: floats, strings and bools refused)."""
+    if isinstance(value, bool):
+        raise CRFTypeError(f"expected {name} to be an integer >= {low}, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise CRFTypeError(f"expected {name} to be an integer >= {low}, got {value!r}") from None
+    if v < low:
+        raise CRFValueError(f"expected {name} >= {low}, got {v}")
+    return v
+
+
+def check_number(value, name: str) -> float:
+    """``value`` as a float (a real number: bools, strings and complex numbers refused)."""
+    if isinstance(value, (bool, str, bytes, complex)):
+        raise CRFTypeError(f"expected {name} to be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CRFTypeError(f"expected {name} to be a real number, got {value!r}") from None
+
+
+def _abs_max(t: torch.Tensor) -> float:
+    return float(t.detach().abs().max()) if t.numel() else 0.0
+
+
+def term_magnitude(form, num_labels: int) -> float:
+    """An upper bound on ``|score|`` of one edge under a pairwise form (duck-typed: the product of
+    its tensors' max ``|·|``, a numeric ``weight``, and ``min(truncation, L - 1)``). Host reads."""
+    m = 1.0
+    for t in form.tensors():
+        m *= _abs_max(t)
+    w = getattr(form, "weight", None)
+    if w is not None and not isinstance(w, torch.Tensor):
+        m *= abs(float(w))
+    trunc = getattr(form, "truncation", None)
+    if trunc is not None:
+        m *= min(float(trunc), max(num_labels - 1, 0))
+    return m
+
+
+def check_score_range(unary: torch.Tensor, nodes: int, terms, num_labels: int) -> None:
+    """Refuse potentials whose scores may overflow their dtype: the bound
+    ``nodes · max|unary| + Σ_k edges_k · |term_k|`` (``terms``: pairs ``(edges per model, form)``)
+    must stay below ``torch.finfo(dtype).max`` (so that ``score``, the chains' sums and the
+    certificate stay finite). Host reads: call when values are checked."""
+    limit = torch.finfo(unary.dtype).max
+    bound = nodes * _abs_max(unary)
+    for count, form in terms:
+        mag = term_magnitude(form, num_labels)
+        w = getattr(form, "weight", None)
+        if w is not None and not isinstance(w, torch.Tensor):  # a number weight is cast to the dtype
+            mag = max(mag, abs(float(w)))
+        if not mag <= limit:  # even with no edges
+            raise CRFValueError(
+                f"expected pairwise scores that fit {unary.dtype} (|score| <= {limit:.3g}), got {form!r} "
+                f"(scores up to {mag:.3g}): rescale them or use float64"
+            )
+        bound += count * mag
+    if not bound <= limit:
+        raise CRFValueError(
+            f"expected potentials whose scores fit {unary.dtype} (|score| <= {limit:.3g}), got a score bound "
+            f"N·max|unary| + Σ E·max|pairwise| = {bound:.3g}: rescale them or use float64"
+        )

@@ -241,7 +241,10 @@ class ChainSolution:
 
 
 class _Incumbent:
-    """The best labelling and the lowest certificate seen (per batch element)."""
+    """The best labelling and the lowest certificate seen (per batch element).
+
+    Only finite evaluations count: a NaN or infinite ``D`` (an overflow) never replaces a finite
+    bound, and a certificate still non-finite at the end raises (:meth:`final_certificate`)."""
 
     def __init__(self, problem: ChainProblem, dd: DualDecomposition, opts: SolverOptions):
         B, device = problem.batch_size, problem.unary.device
@@ -250,11 +253,15 @@ class _Incumbent:
         self.labels = torch.zeros(problem.num_nodes, dtype=torch.long, device=device)
         self.primal = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
         self.certificate = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+        self._scored = False  # a labelling has been scored (the primal can be finite)
+        self._changed = False  # bound or primal moved since the last convergence test
 
     def consider(self, labels: torch.Tensor) -> None:
         sc = problem_score(self.problem, labels)
-        better = sc > self.primal
+        better = sc > self.primal  # False for NaN: a NaN score never replaces a labelling
+        self._scored = True
         if bool(better.any()):
+            self._changed = True
             take = better[self.problem.node_batch]
             self.labels = torch.where(take, labels, self.labels)
             self.primal = torch.where(better, sc, self.primal)
@@ -266,7 +273,12 @@ class _Incumbent:
             self.consider(chain_icm(self.problem, lab, self.edges, sweeps=self.opts.icm_sweeps))
 
     def bound(self, value: torch.Tensor) -> None:
-        self.certificate = torch.minimum(self.certificate, value)
+        """Keep the lowest finite bound (NaN-aware: ``torch.minimum`` would propagate a NaN)."""
+        value = value.to(self.certificate.dtype)
+        self._changed = True
+        self.certificate = torch.where(
+            torch.isfinite(value), torch.minimum(self.certificate, value), self.certificate
+        )
 
     def certify(self, lam: torch.Tensor, dual: torch.Tensor, g: float) -> None:
         self.bound(dual if g == 0.0 else self.dd.evaluate_value(lam, 0.0))
@@ -274,7 +286,29 @@ class _Incumbent:
             self.bound(dual)
 
     def converged(self, tol: float) -> bool:
-        return tol > 0 and bool(((self.certificate - self.primal) <= tol * self.primal.abs().clamp(min=1.0)).all())
+        """``gap <= tol · max(1, |dual|)`` with a finite primal and bound, for every batch element
+        (before the first decoding the primal is ``-inf``: never converged). Reads the device only
+        when the bound or the primal moved since the last test (one sync per change)."""
+        if not (tol > 0 and self._scored and self._changed):
+            return False
+        self._changed = False
+        cert, primal = self.certificate, self.primal
+        ok = torch.isfinite(primal) & torch.isfinite(cert)
+        ok &= (cert - primal) <= tol * cert.abs().clamp(min=1.0)
+        return bool(ok.all())
+
+    def final_certificate(self) -> torch.Tensor:
+        """The certificate ``[B]``; raises if a batch element has no finite bound or labelling
+        (the potentials overflow the dtype in the chains' sums)."""
+        bad = ~(torch.isfinite(self.certificate) & torch.isfinite(self.primal))
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise CRFValueError(
+                f"expected a finite certificate and score, got dual={float(self.certificate[b])!r}, "
+                f"primal={float(self.primal[b])!r} for batch element {b} (the potentials overflow "
+                f"{self.problem.unary.dtype}: rescale them or use float64)"
+            )
+        return self.certificate
 
 
 @torch.no_grad()
@@ -352,7 +386,7 @@ def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = N
     return ChainSolution(
         labels=best.labels,
         primal=best.primal,
-        dual=best.certificate,
+        dual=best.final_certificate(),
         dual_history=torch.stack(history),
         gamma_history=torch.tensor(gamma_hist, dtype=torch.float64),
         marginals=dd.node_beliefs(mu),
@@ -404,7 +438,7 @@ def solve_map(
     icm_sweeps: int = 3,
     certificate_every: int = 10,
     decode_every: int | None = None,
-    tol: float = 0.0,
+    tol: float = 1e-9,
     momentum: bool = True,
     callback: Callable[[dict], None] | None = None,
     implementation: str | None = None,
@@ -427,7 +461,8 @@ def solve_map(
         certificate_every: evaluate the max-dual ``D_0`` every so many iterations when γ > 0.
         decode_every: also decode every so many iterations (default: at stage ends and the end).
         momentum: with the adaptive step, add heavy-ball momentum restarted at every undone step.
-        tol: stop when ``gap <= tol * |primal|`` for every batch element.
+        tol: stop when ``gap <= tol * max(1, |dual|)`` for every batch element (default ``1e-9``:
+            a problem solved exactly, e.g. a tree, stops as soon as its gap is 0; ``0`` runs all ``iters``).
         callback: called after each iteration with a dict (iteration, gamma, dual, certificate, ...).
         implementation: force a chain kernel (``"reference"``, ``"torch"``, ``"triton"``).
         validate_args: run the checks that read tensors on the host (``lengths``, the weights'

@@ -9,6 +9,7 @@ from .._validation import (
     CRFValueError,
     check_finite,
     check_labels,
+    check_score_range,
     check_tensor,
     fmt_shape,
 )
@@ -64,6 +65,8 @@ class GraphMRF:
         self.pairwise = pairwise
         self._sizes = sizes
         self.term: PairwiseForm = self._normalise(pairwise)
+        if self.validate_args:
+            check_score_range(unary, sizes["N"], [(sizes["E"], self.term)], sizes["L"])
 
     @property
     def num_nodes(self) -> int:

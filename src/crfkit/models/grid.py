@@ -13,6 +13,7 @@ from .._validation import (
     CRFValueError,
     check_finite,
     check_labels,
+    check_score_range,
     check_tensor,
     fmt_shape,
 )
@@ -91,6 +92,10 @@ class GridCRF:
         self.pairwise = pairwise
         self._sizes = sizes
         self.terms: list[PairwiseForm] = self._normalise(pairwise)
+        if self.validate_args:
+            H, W = sizes["H"], sizes["W"]
+            counts = [max(H - dy, 0) * max(W - abs(dx), 0) for dy, dx in self.offsets]
+            check_score_range(unary, H * W, list(zip(counts, self.terms)), sizes["L"])
 
     # ------------------------------------------------------------------ properties
     @property

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._validation import CRFValueError, check_gamma
+from .._validation import CRFTypeError, check_gamma, check_int
 from ..decomposition.grid import grid_chain_problem
 from ..inference.dual_decomposition import DualDecomposition
+from ..inference.solver_options import MAX_FIXED_STEP, check_gamma_range, check_step
 from ..models.grid import DEFAULT_OFFSETS, GridCRF, check_offsets
 
-__all__ = ["DualDecompositionCRF", "dual_decomposition_marginals"]
+__all__ = ["DualDecompositionCRF", "dual_decomposition_marginals", "MAX_FIXED_STEP"]
 
 
 def dual_decomposition_marginals(
@@ -34,7 +35,8 @@ def dual_decomposition_marginals(
         pairwise: as :class:`~crfkit.GridCRF` accepts (one entry per offset, or ``[B, K, L, L, H, W]``).
         num_iters: chain passes; ``num_iters - 1`` fixed-point updates (Eq. 42) happen between them.
         gamma: smoothing (``0`` = max, sub-differentiable only).
-        step: ``"paper"`` (``1 / max_t |V^t|``, monotone) or a positive number.
+        step: ``"paper"`` (``1 / max_t |V^t|``, monotone) or a number in ``(0, MAX_FIXED_STEP]``
+            (larger fixed steps diverge to NaN).
         stop_if_rises: keep the previous marginals of a batch element whose dual rose (paper).
         implementation: force a chain kernel by name.
         validate_args: run the checks that read tensors on the host (NaN/inf in the potentials,
@@ -46,23 +48,28 @@ def dual_decomposition_marginals(
         ``[B, L, H, W]`` logits ``Σ_t ν_i^t``; differentiable w.r.t. ``unary`` and ``pairwise``.
     """
     gamma = check_gamma(gamma)
-    if int(num_iters) < 1:
-        raise CRFValueError(f"expected num_iters >= 1, got {num_iters}")
+    num_iters = check_int(num_iters, "num_iters", 1)
+    step = check_step(step, ("paper",))
+    _check_flag(stop_if_rises, "stop_if_rises")
+    _check_flag(validate_args, "validate_args")
     crf = GridCRF(unary, pairwise, offsets, validate_args=validate_args)
     B, L, H, W = crf.shape
-    dd = DualDecomposition(grid_chain_problem(crf), implementation=implementation, validate_args=validate_args)
-    if step == "paper":
-        alpha = dd.paper_step
-    elif isinstance(step, (int, float)) and step > 0:
-        alpha = float(step)
-    else:
-        raise CRFValueError(f"expected step 'paper' or a positive number, got {step!r}")
+    problem = grid_chain_problem(crf)
+    check_gamma_range([gamma], problem, validate_args)
+    dd = DualDecomposition(problem, implementation=implementation, validate_args=validate_args)
+    alpha = dd.paper_step if step == "paper" else step
     lam = unary.new_zeros(dd.S, L)
     mu, dual = dd.evaluate(lam, gamma)
-    for _ in range(int(num_iters) - 1):
+    for _ in range(num_iters - 1):
         lam, mu, dual, _ = dd.step(lam, mu, dual, alpha, gamma, check=stop_if_rises, slack=1e-6)
     beliefs = dd.node_beliefs(mu)
     return beliefs.view(B, H, W, L).permute(0, 3, 1, 2)
+
+
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise CRFTypeError(f"expected {name} to be True or False, got {value!r}")
+    return value
 
 
 class DualDecompositionCRF(nn.Module):
@@ -75,7 +82,7 @@ class DualDecompositionCRF(nn.Module):
         num_iters: chain passes (``num_iters - 1`` fixed-point updates between them).
         gamma: smoothing of the max (``> 0`` for useful gradients).
         offsets: the grid's edge directions ``(dy, dx)``.
-        step: ``"paper"`` or a positive number.
+        step: ``"paper"`` or a number in ``(0, MAX_FIXED_STEP]``.
         stop_if_rises: keep the previous marginals where the dual rose.
         validate_args: ``True`` (default) checks the inputs' values on every forward (device
             syncs); ``False`` keeps the shape and dtype checks only (see
@@ -96,16 +103,12 @@ class DualDecompositionCRF(nn.Module):
         validate_args: bool = True,
     ):
         super().__init__()
-        if int(num_iters) < 1:
-            raise CRFValueError(f"expected num_iters >= 1, got {num_iters}")
-        if not (step == "paper" or (isinstance(step, (int, float)) and not isinstance(step, bool) and 0 < step < 1e2)):
-            raise CRFValueError(f"expected step 'paper' or a number in (0, 100), got {step!r}")
-        self.validate_args = bool(validate_args)
-        self.num_iters = int(num_iters)
+        self.num_iters = check_int(num_iters, "num_iters", 1)
+        self.step = check_step(step, ("paper",))
+        self.validate_args = _check_flag(validate_args, "validate_args")
         self.gamma = check_gamma(gamma)
         self.offsets = check_offsets(offsets)
-        self.step = step
-        self.stop_if_rises = bool(stop_if_rises)
+        self.stop_if_rises = _check_flag(stop_if_rises, "stop_if_rises")
 
     def extra_repr(self) -> str:
         return f"num_iters={self.num_iters}, gamma={self.gamma}, offsets={self.offsets}, step={self.step!r}"
