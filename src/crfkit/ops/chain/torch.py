@@ -87,6 +87,9 @@ def _dt_argmax(step: _Step, x: torch.Tensor, k: int):
     use_trunc = trunc > m
     m = torch.where(use_trunc, trunc, m)
     arg = torch.where(use_trunc, top_idx.expand_as(x), arg)
+    # the value re-read at the arg-max: the prefix maxima above carry (x + w·pos) - w·pos, which
+    # loses about w·eps when w is large against x (a certificate below the primal)
+    m = x.gather(1, arg) - w * step.pw.distance(arg, step.idx)
     return m, arg
 
 
