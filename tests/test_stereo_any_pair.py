@@ -43,6 +43,19 @@ def test_label_step_and_count_from_the_range():
         StereoParams(max_disparity=0).labels()
 
 
+def test_truncation_beyond_the_range_is_linear():
+    # no two labels are more than L - 1 apart, so any truncation >= (L - 1) steps gives the
+    # linear energy: a huge truncation is the same CRF as truncation = the disparity range
+    img = synthetic_pair("layers", seed=4, shape=(32, 48), max_disparity=12)
+    p = StereoParams(factor=2, max_disparity=12)
+    L, step = p.labels(), p.label_step()
+    huge, _ = build_stereo_crf(img, StereoParams(factor=2, max_disparity=12, truncation=1e300))
+    exact, _ = build_stereo_crf(img, StereoParams(factor=2, max_disparity=12, truncation=(L - 1) * step))
+    labels = torch.randint(0, L, (1, *huge.shape[2:]), generator=torch.Generator().manual_seed(0))
+    assert float(huge.score(labels)[0]) == float(exact.score(labels)[0])
+    assert huge.terms[0].truncation == L - 1
+
+
 @pytest.mark.parametrize("kind", ["layers", "planes"])
 def test_synthetic_pair_is_consistent(kind):
     # the right view at x - d(x) shows what the left shows at x, where nothing occludes it
@@ -188,6 +201,12 @@ def test_cli_user_pair_with_ground_truth(user_pair):
     [
         (["--labels", "5000"], "--labels"),
         (["--smooth-weight", "-5"], "--smooth-weight"),
+        (["--smooth-weight", "1e300"], "<= 1e+06"),
+        (["--truncation", "nan"], "--truncation"),
+        (["--max-disparity", "0.5"], "at least 2 labels"),
+        (["--iters", "0"], "--iters"),
+        (["--gamma", "-1"], "--gamma"),
+        (["--cost", "sad"], "--cost"),
         (["--decode-every", "-1"], "--decode-every"),
         (["--icm-sweeps", "-1"], "--icm-sweeps"),
         (["--threads", "-2"], "--threads"),

@@ -273,8 +273,11 @@ def match(
         raise CRFTypeError(f"expected StereoParams fields as keywords, got {sorted(unknown)}")
     p = replace(base, factor=f, max_disparity=D, **overrides)
     L = p.labels()
-    if L > MAX_LABELS:
-        raise CRFValueError(f"expected at most {MAX_LABELS} labels, got {L}")
+    if not 2 <= L <= MAX_LABELS:
+        raise CRFValueError(
+            f"expected 2 to {MAX_LABELS} labels (max_disparity >= the label step {p.label_step()} px at scale "
+            f"1/{f}), got {L}"
+        )
     H, W = lft.shape[:2]
     crf, parts = build_stereo_crf(StereoPair(lft, rgt), p)
     step = parts["step"]

@@ -69,8 +69,21 @@ HELP = (
 )
 
 
+MAX_SMOOTH_WEIGHT = 1e6  # far above any useful value (costs are <= 1 per pixel); keeps float32 weights finite
+
+# numeric options: (name, lowest, lowest allowed?, highest); checked before any work
+_NUMBER_BOUNDS = (
+    ("smooth_weight", 0.0, True, MAX_SMOOTH_WEIGHT),
+    ("truncation", 0.0, False, None),
+    ("gt_scale", 0.0, False, None),
+    ("max_disparity", 0.0, False, None),
+)
+
+
 def _fail(msg: str):
-    raise ValueError(msg)
+    from .._validation import CRFValueError
+
+    raise CRFValueError(msg)
 
 
 def _int_at_least(value, lo: int, name: str, hi: int | None = None) -> int:
@@ -83,6 +96,16 @@ def _int_at_least(value, lo: int, name: str, hi: int | None = None) -> int:
             else f"expected {name} >= {lo}, got {value}"
         )
     return int(value)
+
+
+def _number_in(value, name: str, lo: float, lo_ok: bool, hi: float | None) -> None:
+    flag = "--" + name.replace("_", "-")
+    lo_txt = f"{'>=' if lo_ok else '>'} {lo:g}"
+    want = f"a finite number {lo_txt}" if hi is None else f"a number {lo_txt} and <= {hi:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(f"expected {flag} {want}, got {value!r}")
+    if (value < lo if lo_ok else value <= lo) or (hi is not None and value > hi):
+        _fail(f"expected {flag} {want}, got {value:g}")
 
 
 def _gamma_of(gamma) -> float | None:
@@ -275,14 +298,9 @@ def _check_options(o: dict) -> dict:
         _int_at_least(o["decode_every"], 0, "--decode-every")
     if o["labels"] is not None:
         _int_at_least(o["labels"], 2, "--labels", MAX_LABELS)
-    for name in ("smooth_weight", "truncation", "gt_scale", "max_disparity"):
-        v = o[name]
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            _fail(f"expected --{name.replace('_', '-')} a finite number, got {v!r}")
-        if (v < 0) if name == "smooth_weight" else (v <= 0):
-            _fail(f"expected --{name.replace('_', '-')} {'>= 0' if name == 'smooth_weight' else '> 0'}, got {v}")
+    for name, lo, lo_ok, hi in _NUMBER_BOUNDS:
+        if o[name] is not None:
+            _number_in(o[name], name, lo, lo_ok, hi)
     if o["cost"] not in ("census", "ad_census", "tad"):
         _fail(f"expected --cost census, ad_census or tad, got {o['cost']!r}")
     factor = _factor_of(o["scale"], "--scale")
@@ -456,6 +474,11 @@ def run_stereo(
 
     if params.labels() > MAX_LABELS:
         _fail(f"expected at most {MAX_LABELS} labels, got {params.labels()} (lower --max-disparity or --scale)")
+    if params.labels() < 2:
+        _fail(
+            f"expected --max-disparity >= the label step {params.label_step()} px at --scale {1 / params.factor:g} "
+            f"(at least 2 labels), got {D:g}"
+        )
     folder = _prepare_out(out)
     t_load = time.perf_counter() - t_start
     try:

@@ -483,8 +483,12 @@ class StereoParams:
         return float(self.smooth_weight) * self.label_step() / _check_factor(self.factor)
 
     def truncation_labels(self) -> float:
-        """The truncation in labels: ``truncation / step`` rounded, at least 1."""
-        return float(max(1, round(float(self.truncation) / self.label_step())))
+        """The truncation in labels: ``truncation / step`` rounded, at least 1 and at most
+        ``L - 1`` (no two labels are further apart, so a larger truncation changes nothing)."""
+        T = float(self.truncation)
+        if not (0 < T < math.inf):
+            raise CRFValueError(f"expected truncation a finite number > 0 (pixels), got {self.truncation!r}")
+        return float(max(1, min(round(T / self.label_step()), self.labels() - 1)))
 
 
 def build_stereo_crf(pair: StereoPair, params: StereoParams | None = None) -> tuple[GridCRF, dict]:
