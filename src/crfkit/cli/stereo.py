@@ -149,7 +149,11 @@ class _OutFolder:
         if self.final.is_dir() and any(self.final.iterdir()):
             old = self.final.parent / f".{self.final.name}.old-{run_id}"
             os.rename(self.final, old)
-            os.rename(self.staging, self.final)
+            try:
+                os.rename(self.staging, self.final)
+            except BaseException:  # put the old run back whole: never a folder with neither
+                os.rename(old, self.final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.staging, self.final)  # onto a missing or empty folder
@@ -558,6 +562,20 @@ def _solve_and_write(pair, D, params, folder, opts, solver, inputs, progress, t_
     return report
 
 
+def _run_from_command_line(args: dict) -> None:
+    """Run the command's arguments ``args`` (its ``locals()``); a bad one: one line on stderr, exit 2."""
+    import typer
+
+    quiet = args.pop("quiet")
+    out, left, right = args.pop("out"), args.pop("left"), args.pop("right")
+    try:
+        run_stereo(out, left, right, **args, progress=not quiet)
+    except (ValueError, TypeError, OSError) as exc:
+        msg = " ".join(str(exc).split())
+        typer.echo(f"crfkit stereo: error: {msg}", err=True)
+        raise typer.Exit(2) from None
+
+
 def register(app) -> None:
     """Add the ``stereo`` command to the ``crfkit`` typer app."""
     import typer
@@ -614,29 +632,4 @@ def register(app) -> None:
         threads: int = typer.Option(1, "--threads", help="torch intra-op threads (default 1; 0: torch's default)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or messages."),
     ):
-        try:
-            run_stereo(
-                out,
-                left,
-                right,
-                max_disparity=max_disparity,
-                gt=gt,
-                gt_scale=gt_scale,
-                scale=scale,
-                cost_scale=cost_scale,
-                labels=labels,
-                iters=iters,
-                gamma=gamma,
-                stages=stages,
-                decode_every=decode_every,
-                icm_sweeps=icm_sweeps,
-                cost=cost,
-                smooth_weight=smooth_weight,
-                truncation=truncation,
-                threads=threads,
-                progress=not quiet,
-            )
-        except (ValueError, TypeError, OSError) as exc:
-            msg = " ".join(str(exc).split())
-            typer.echo(f"crfkit stereo: error: {msg}", err=True)
-            raise typer.Exit(2) from None
+        _run_from_command_line(dict(locals()))
