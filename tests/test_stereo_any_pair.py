@@ -264,3 +264,51 @@ def test_cli_bad_files_and_folders(user_pair, tmp_path):
     assert (user_pair / "busy" / "mine.txt").read_text() == "keep me"
     r = _cli([left, right, "--out", str(user_pair / "o")])
     assert r.exit_code == 2 and "--max-disparity" in r.output
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_interrupted_rerun_leaves_the_old_run_whole(user_pair, monkeypatch, interrupt):
+    # a re-run that dies after writing some of its files (Ctrl-C, a full disk) leaves the old
+    # folder exactly as it was (same files, same bytes) and no staging folder beside it
+    import crfkit.cli.stereo as cli
+
+    out = user_pair / "run"
+    base = [str(user_pair / "left.png"), str(user_pair / "right.pgm"), "--max-disparity", "12", "--iters", "3"]
+    assert _cli([*base, "--out", str(out)]).exit_code == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    real = cli._write_outputs
+
+    def dying(folder, *args):
+        real(folder, *args)  # the new pictures are written, then the run dies
+        raise interrupt("stopped")
+
+    monkeypatch.setattr(cli, "_write_outputs", dying)
+    with pytest.raises(interrupt):  # other settings: other pictures (a mix would show)
+        cli.run_stereo(
+            out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, smooth_weight=0.0, progress=False
+        )
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert [n for n in os.listdir(user_pair) if n.startswith(".")] == []
+
+
+def test_failed_swap_puts_the_old_run_back(user_pair, monkeypatch):
+    # the swap is two renames (old run aside, new run in); if the second fails the old run returns
+    import crfkit.cli.stereo as cli
+
+    out = user_pair / "run"
+    base = [str(user_pair / "left.png"), str(user_pair / "right.pgm"), "--max-disparity", "12", "--iters", "3"]
+    assert _cli([*base, "--out", str(out)]).exit_code == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    real_rename, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(os.path.basename(str(src)))
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(cli.os, "rename", flaky)
+    with pytest.raises(OSError, match="disk gone"):
+        cli.run_stereo(out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, iters=3, progress=False)
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert [n for n in os.listdir(user_pair) if n.startswith(".")] == []
