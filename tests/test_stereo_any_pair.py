@@ -210,6 +210,7 @@ def test_cli_user_pair_with_ground_truth(user_pair):
         (["--decode-every", "-1"], "--decode-every"),
         (["--icm-sweeps", "-1"], "--icm-sweeps"),
         (["--threads", "-2"], "--threads"),
+        (["--threads", "1000000"], "[0, 1024]"),
         (["--stages", "0"], "--stages"),
         (["--max-disparity", "0"], "max-disparity"),
         (["--max-disparity", "64"], "below the image width"),
@@ -237,6 +238,7 @@ def test_cli_bad_files_and_folders(user_pair, tmp_path):
 
     Image.fromarray(np.zeros((48, 60), np.uint8)).save(user_pair / "narrow.png")
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(user_pair / "dot.png")
+    Image.fromarray(np.full((40, 64), 8, np.uint8)).save(user_pair / "gt_small.png")
     (user_pair / "afile").write_text("x")
     (user_pair / "busy").mkdir()
     (user_pair / "busy" / "mine.txt").write_text("keep me")
@@ -251,6 +253,8 @@ def test_cli_bad_files_and_folders(user_pair, tmp_path):
         ([left, right, "--out", str(user_pair / "busy")], "other files"),
         ([left, right, "--out", "/proc/x"], "writable"),
         ([left, "--out", str(user_pair / "o")], "both LEFT and RIGHT"),
+        ([left, right, "--gt", str(user_pair / "gt_small.png"), "--out", str(user_pair / "o")], "64 x 48, got 64 x 40"),
+        ([left, right, "--gt", str(user_pair / "nogt.png"), "--out", str(user_pair / "o")], "no such file"),
     ]
     before = sorted(os.listdir(user_pair))
     for args, needle in cases:

@@ -69,6 +69,7 @@ HELP = (
 )
 
 
+MAX_THREADS = 1024  # torch's thread pool is created at this size: a typo like 10**6 must not reach it
 MAX_SMOOTH_WEIGHT = 1e6  # far above any useful value (costs are <= 1 per pixel); keeps float32 weights finite
 
 # numeric options: (name, lowest, lowest allowed?, highest); checked before any work
@@ -297,7 +298,7 @@ def _check_options(o: dict) -> dict:
     _int_at_least(o["iters"], 1, "--iters")
     _int_at_least(o["stages"], 1, "--stages")
     _int_at_least(o["icm_sweeps"], 0, "--icm-sweeps")
-    _int_at_least(o["threads"], 0, "--threads")
+    _int_at_least(o["threads"], 0, "--threads", MAX_THREADS)
     if o["decode_every"] is not None:
         _int_at_least(o["decode_every"], 0, "--decode-every")
     if o["labels"] is not None:
@@ -629,7 +630,9 @@ def register(app) -> None:
         truncation: float | None = typer.Option(
             None, "--truncation", help="Truncation of the linear smoothness, in full-resolution pixels (default 8)."
         ),
-        threads: int = typer.Option(1, "--threads", help="torch intra-op threads (default 1; 0: torch's default)."),
+        threads: int = typer.Option(
+            1, "--threads", help="torch intra-op threads, 0..1024 (default 1; 0: torch's default)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or messages."),
     ):
         _run_from_command_line(dict(locals()))
