@@ -270,14 +270,17 @@ def _side_by_side(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     H, W = panels[0][1].shape[:2]
-    font = _font(22)
     bar, gap = 34, 6
     canvas = Image.new("RGB", (len(panels) * W + (len(panels) - 1) * gap, H + bar), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    size = 22  # one size for every title, the largest at which the longest fits its panel
+    while size > 8 and max(draw.textlength(t, font=_font(size)) for t, _ in panels) > W - 8:
+        size -= 1
+    font = _font(size)
     for i, (title, img) in enumerate(panels):
         x0 = i * (W + gap)
         canvas.paste(Image.fromarray(np.ascontiguousarray(img)), (x0, bar))
-        draw.text((x0 + 6, 5), title, fill=(0, 0, 0), font=font)
+        draw.text((x0 + 4, 5), title, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
 
 
