@@ -125,6 +125,10 @@ def test_match_rejects_bad_input():
         crfkit.stereo.match(a, a, max_disparity=0)
     with pytest.raises(ValueError, match="below the image width"):
         crfkit.stereo.match(a, a, max_disparity=30)
+    with pytest.raises(ValueError, match="2 to 512 labels"):  # below one label step (2 px at 1/4)
+        crfkit.stereo.match(a, a, max_disparity=1)
+    with pytest.raises(TypeError, match="StereoParams fields"):
+        crfkit.stereo.match(a, a, max_disparity=5, smoothness=1.0)
     with pytest.raises(ValueError, match="no such file"):
         crfkit.stereo.match("/nonexistent/left.png", "/nonexistent/right.png", max_disparity=5)
 

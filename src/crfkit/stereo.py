@@ -231,6 +231,25 @@ def evaluate(disparity: np.ndarray, ground_truth: np.ndarray, thresholds=(1.0, 2
 # ----------------------------------------------------------------------------- matching
 
 
+def _energy_params(params, factor: int, max_disparity: float, overrides: dict) -> StereoParams:
+    """``params`` (or the defaults) at the grid ``factor`` and ``max_disparity``, with the
+    ``StereoParams`` fields in ``overrides``; checked: 2 to ``MAX_LABELS`` labels."""
+    base = params if params is not None else StereoParams()
+    if not isinstance(base, StereoParams):
+        raise CRFTypeError(f"expected params a StereoParams, got {type(base).__name__}")
+    unknown = set(overrides) - set(StereoParams.__dataclass_fields__)
+    if unknown:
+        raise CRFTypeError(f"expected StereoParams fields as keywords, got {sorted(unknown)}")
+    p = replace(base, factor=factor, max_disparity=max_disparity, **overrides)
+    L = p.labels()
+    if not 2 <= L <= MAX_LABELS:
+        raise CRFValueError(
+            f"expected 2 to {MAX_LABELS} labels (max_disparity >= the label step {p.label_step()} px at scale "
+            f"1/{factor}), got {L}"
+        )
+    return p
+
+
 def match(
     left,
     right,
@@ -265,19 +284,7 @@ def match(
 
     t_start = time.perf_counter()
     lft, rgt, D, f = check_pair(left, right, max_disparity, scale)
-    base = params if params is not None else StereoParams()
-    if not isinstance(base, StereoParams):
-        raise CRFTypeError(f"expected params a StereoParams, got {type(base).__name__}")
-    unknown = set(overrides) - set(StereoParams.__dataclass_fields__)
-    if unknown:
-        raise CRFTypeError(f"expected StereoParams fields as keywords, got {sorted(unknown)}")
-    p = replace(base, factor=f, max_disparity=D, **overrides)
-    L = p.labels()
-    if not 2 <= L <= MAX_LABELS:
-        raise CRFValueError(
-            f"expected 2 to {MAX_LABELS} labels (max_disparity >= the label step {p.label_step()} px at scale "
-            f"1/{f}), got {L}"
-        )
+    p = _energy_params(params, f, D, overrides)
     H, W = lft.shape[:2]
     crf, parts = build_stereo_crf(StereoPair(lft, rgt), p)
     step = parts["step"]
