@@ -129,6 +129,18 @@ def test_match_rejects_bad_input():
         crfkit.stereo.match(a, a, max_disparity=1)
     with pytest.raises(TypeError, match="StereoParams fields"):
         crfkit.stereo.match(a, a, max_disparity=5, smoothness=1.0)
+    for kw, needle in [
+        ({"iters": 0}, "iters"),
+        ({"iters": 2.5}, "iters"),
+        ({"stages": 0}, "stages"),
+        ({"decode_every": -1}, "decode_every"),
+        ({"icm_sweeps": -1}, "icm_sweeps"),
+        ({"gamma": -1.0}, "gamma"),
+        ({"gamma": float("nan")}, "gamma"),
+        ({"callback": 3}, "callback"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=needle):
+            crfkit.stereo.match(a, a, max_disparity=5, **kw)
     with pytest.raises(ValueError, match="no such file"):
         crfkit.stereo.match("/nonexistent/left.png", "/nonexistent/right.png", max_disparity=5)
 

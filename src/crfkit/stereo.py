@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ._validation import CRFShapeError, CRFTypeError, CRFValueError, fmt_shape
+from ._validation import CRFShapeError, CRFTypeError, CRFValueError, check_gamma, fmt_shape
 from .data.stereo import (
     StereoPair,
     StereoParams,
@@ -231,6 +231,27 @@ def evaluate(disparity: np.ndarray, ground_truth: np.ndarray, thresholds=(1.0, 2
 # ----------------------------------------------------------------------------- matching
 
 
+def _int_in(value, name: str, lo: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CRFTypeError(f"expected {name} an integer >= {lo}, got {value!r}")
+    if value < lo:
+        raise CRFValueError(f"expected {name} an integer >= {lo}, got {value}")
+
+
+def _check_solver_args(iters, gamma, stages, decode_every, icm_sweeps, callback) -> None:
+    """The solver's arguments of :func:`match`, checked before the cost volume is built."""
+    _int_in(iters, "iters", 1)
+    _int_in(stages, "stages", 1)
+    _int_in(decode_every, "decode_every", 0, allow_none=True)
+    _int_in(icm_sweeps, "icm_sweeps", 0)
+    if gamma is not None:
+        check_gamma(gamma)
+    if callback is not None and not callable(callback):
+        raise CRFTypeError(f"expected callback a function or None, got {type(callback).__name__}")
+
+
 def _energy_params(params, factor: int, max_disparity: float, overrides: dict) -> StereoParams:
     """``params`` (or the defaults) at the grid ``factor`` and ``max_disparity``, with the
     ``StereoParams`` fields in ``overrides``; checked: 2 to ``MAX_LABELS`` labels."""
@@ -283,6 +304,7 @@ def match(
     from .inference.dual_decomposition import solve_map
 
     t_start = time.perf_counter()
+    _check_solver_args(iters, gamma, stages, decode_every, icm_sweeps, callback)
     lft, rgt, D, f = check_pair(left, right, max_disparity, scale)
     p = _energy_params(params, f, D, overrides)
     H, W = lft.shape[:2]
