@@ -332,3 +332,24 @@ def test_failed_swap_puts_the_old_run_back(user_pair, monkeypatch):
         cli.run_stereo(out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, iters=3, progress=False)
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
     assert [n for n in os.listdir(user_pair) if n.startswith(".")] == []
+
+
+def test_a_file_added_to_out_during_the_run_is_kept(user_pair, monkeypatch):
+    # --out was checked (only crfkit's files) before the run; a file that appears in it while the
+    # run solves is moved aside with the old run, never deleted
+    import crfkit.cli.stereo as cli
+
+    out = user_pair / "run"
+    base = [str(user_pair / "left.png"), str(user_pair / "right.pgm"), "--max-disparity", "12", "--iters", "3"]
+    assert _cli([*base, "--out", str(out)]).exit_code == 0
+    real = cli._write_outputs
+
+    def meanwhile(folder, *args):
+        (out / "notes.txt").write_text("mine")
+        real(folder, *args)
+
+    monkeypatch.setattr(cli, "_write_outputs", meanwhile)
+    cli.run_stereo(out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, iters=3, progress=False)
+    assert sorted(os.listdir(out)) == ["disparity.pfm", "disparity.png", "report.json", "side_by_side.png"]
+    kept = [n for n in os.listdir(user_pair) if n.startswith(".run.old-")]
+    assert len(kept) == 1 and (user_pair / kept[0] / "notes.txt").read_text() == "mine"

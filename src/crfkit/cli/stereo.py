@@ -155,7 +155,10 @@ class _OutFolder:
             except BaseException:  # put the old run back whole: never a folder with neither
                 os.rename(old, self.final)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            if set(os.listdir(old)) <= set(OUTPUT_NAMES):
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # something else appeared in --out during the run: keep it, never delete it
+                sys.stderr.write(f"crfkit stereo: the previous contents of --out are kept in {old}\n")
         else:
             os.replace(self.staging, self.final)  # onto a missing or empty folder
 
