@@ -69,18 +69,11 @@ def test_cost_volume_census_direct(rng, method):
         for y in range(6):
             for x in range(8):
                 xr = max(x - d, 0)
-                hd = sum(
-                    a != b
-                    for a, b in zip(
-                        _census_bits_direct(gl, r, y, x), _census_bits_direct(gr, r, y, xr)
-                    )
-                )
+                hd = sum(a != b for a, b in zip(_census_bits_direct(gl, r, y, x), _census_bits_direct(gr, r, y, xr)))
                 if method == "census":
                     want = hd / nbits
                 else:
-                    ad = np.abs(
-                        left[y, x].astype(np.float64) - right[y, xr].astype(np.float64)
-                    ).mean()
+                    ad = np.abs(left[y, x].astype(np.float64) - right[y, xr].astype(np.float64)).mean()
                     want = (1 - np.exp(-ad / 7.0)) + (1 - np.exp(-hd / 5.0 * 48.0 / nbits))
                 assert abs(float(cost[d, y, x]) - want) < 1e-5
 
@@ -135,9 +128,7 @@ def test_downscale_and_upsample(rng):
 def test_contrast_weights_direct(rng):
     img = rng.integers(0, 256, size=(5, 6, 3)).astype(np.uint8)
     offs = ((0, 1), (1, 0), (0, 2), (2, 0), (1, -1))
-    ws = contrast_weights(
-        img, offs, weight=0.7, sigma=15.0, floor=0.1, stride_scale=[1, 1, 0.5, 0.5, 1]
-    )
+    ws = contrast_weights(img, offs, weight=0.7, sigma=15.0, floor=0.1, stride_scale=[1, 1, 0.5, 0.5, 1])
     f = img.astype(np.float64)
     for k, ((dy, dx), s) in enumerate(zip(offs, [1, 1, 0.5, 0.5, 1])):
         assert ws[k].shape == (1, 5, 6)
@@ -159,9 +150,7 @@ def test_build_stereo_crf_synthetic(rng):
     assert parts["cost"].shape == (3, 4, 6)
     # each grid pixel's cost is the mean of its 2x2 half-resolution costs
     half = matching_cost(downscale(left, 2), downscale(right, 2), 3, "census")
-    np.testing.assert_allclose(
-        parts["cost"][:, 1, 2].numpy(), half[:, 2:4, 4:6].mean(dim=(1, 2)).numpy(), rtol=1e-6
-    )
+    np.testing.assert_allclose(parts["cost"][:, 1, 2].numpy(), half[:, 2:4, 4:6].mean(dim=(1, 2)).numpy(), rtol=1e-6)
     torch.testing.assert_close(crf.unary, -parts["cost"][None])
     with pytest.raises(ValueError, match="divide"):
         build_stereo_crf(pair, StereoParams(factor=4, cost_factor=3))
@@ -226,12 +215,8 @@ def test_cli_end_to_end(tmp_path):
     # the report's numbers agree with the files and with each other
     assert report["crf"]["bad_2px"] == pytest.approx(bad_pixel_rate(disp, gt, 2.0))
     assert report["crf"]["bad_1px"] == pytest.approx(bad_pixel_rate(disp, gt, 1.0))
-    assert report["crf"]["score"] <= report["crf"]["dual_bound"] + 1e-6 * abs(
-        report["crf"]["dual_bound"]
-    )
-    assert report["crf"]["gap"] == pytest.approx(
-        report["crf"]["dual_bound"] - report["crf"]["score"], abs=1e-6
-    )
+    assert report["crf"]["score"] <= report["crf"]["dual_bound"] + 1e-6 * abs(report["crf"]["dual_bound"])
+    assert report["crf"]["gap"] == pytest.approx(report["crf"]["dual_bound"] - report["crf"]["score"], abs=1e-6)
     assert report["iterations"] == 4 and report["grid"] == [62, 92]
     step = report["disparity_step_px"]
     np.testing.assert_allclose(disp / step, np.round(disp / step), atol=1e-5)
@@ -248,8 +233,6 @@ def test_cli_rejects_bad_scale(tmp_path):
 
     from crfkit.cli.main import build_app
 
-    result = CliRunner().invoke(
-        build_app(), ["stereo", "--out", str(tmp_path), "--scale", "0.3", "--quiet"]
-    )
+    result = CliRunner().invoke(build_app(), ["stereo", "--out", str(tmp_path), "--scale", "0.3", "--quiet"])
     assert result.exit_code == 2
     assert "1 / an integer" in result.output

@@ -43,6 +43,19 @@ def test_label_step_and_count_from_the_range():
         StereoParams(max_disparity=0).labels()
 
 
+def test_truncation_beyond_the_range_is_linear():
+    # no two labels are more than L - 1 apart, so any truncation >= (L - 1) steps gives the
+    # linear energy: a huge truncation is the same CRF as truncation = the disparity range
+    img = synthetic_pair("layers", seed=4, shape=(32, 48), max_disparity=12)
+    p = StereoParams(factor=2, max_disparity=12)
+    L, step = p.labels(), p.label_step()
+    huge, _ = build_stereo_crf(img, StereoParams(factor=2, max_disparity=12, truncation=1e300))
+    exact, _ = build_stereo_crf(img, StereoParams(factor=2, max_disparity=12, truncation=(L - 1) * step))
+    labels = torch.randint(0, L, (1, *huge.shape[2:]), generator=torch.Generator().manual_seed(0))
+    assert float(huge.score(labels)[0]) == float(exact.score(labels)[0])
+    assert huge.terms[0].truncation == L - 1
+
+
 @pytest.mark.parametrize("kind", ["layers", "planes"])
 def test_synthetic_pair_is_consistent(kind):
     # the right view at x - d(x) shows what the left shows at x, where nothing occludes it
@@ -112,6 +125,22 @@ def test_match_rejects_bad_input():
         crfkit.stereo.match(a, a, max_disparity=0)
     with pytest.raises(ValueError, match="below the image width"):
         crfkit.stereo.match(a, a, max_disparity=30)
+    with pytest.raises(ValueError, match="2 to 512 labels"):  # below one label step (2 px at 1/4)
+        crfkit.stereo.match(a, a, max_disparity=1)
+    with pytest.raises(TypeError, match="StereoParams fields"):
+        crfkit.stereo.match(a, a, max_disparity=5, smoothness=1.0)
+    for kw, needle in [
+        ({"iters": 0}, "iters"),
+        ({"iters": 2.5}, "iters"),
+        ({"stages": 0}, "stages"),
+        ({"decode_every": -1}, "decode_every"),
+        ({"icm_sweeps": -1}, "icm_sweeps"),
+        ({"gamma": -1.0}, "gamma"),
+        ({"gamma": float("nan")}, "gamma"),
+        ({"callback": 3}, "callback"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=needle):
+            crfkit.stereo.match(a, a, max_disparity=5, **kw)
     with pytest.raises(ValueError, match="no such file"):
         crfkit.stereo.match("/nonexistent/left.png", "/nonexistent/right.png", max_disparity=5)
 
@@ -188,9 +217,16 @@ def test_cli_user_pair_with_ground_truth(user_pair):
     [
         (["--labels", "5000"], "--labels"),
         (["--smooth-weight", "-5"], "--smooth-weight"),
+        (["--smooth-weight", "1e300"], "<= 1e+06"),
+        (["--truncation", "nan"], "--truncation"),
+        (["--max-disparity", "0.5"], "at least 2 labels"),
+        (["--iters", "0"], "--iters"),
+        (["--gamma", "-1"], "--gamma"),
+        (["--cost", "sad"], "--cost"),
         (["--decode-every", "-1"], "--decode-every"),
         (["--icm-sweeps", "-1"], "--icm-sweeps"),
         (["--threads", "-2"], "--threads"),
+        (["--threads", "1000000"], "[0, 1024]"),
         (["--stages", "0"], "--stages"),
         (["--max-disparity", "0"], "max-disparity"),
         (["--max-disparity", "64"], "below the image width"),
@@ -218,6 +254,7 @@ def test_cli_bad_files_and_folders(user_pair, tmp_path):
 
     Image.fromarray(np.zeros((48, 60), np.uint8)).save(user_pair / "narrow.png")
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(user_pair / "dot.png")
+    Image.fromarray(np.full((40, 64), 8, np.uint8)).save(user_pair / "gt_small.png")
     (user_pair / "afile").write_text("x")
     (user_pair / "busy").mkdir()
     (user_pair / "busy" / "mine.txt").write_text("keep me")
@@ -232,6 +269,8 @@ def test_cli_bad_files_and_folders(user_pair, tmp_path):
         ([left, right, "--out", str(user_pair / "busy")], "other files"),
         ([left, right, "--out", "/proc/x"], "writable"),
         ([left, "--out", str(user_pair / "o")], "both LEFT and RIGHT"),
+        ([left, right, "--gt", str(user_pair / "gt_small.png"), "--out", str(user_pair / "o")], "64 x 48, got 64 x 40"),
+        ([left, right, "--gt", str(user_pair / "nogt.png"), "--out", str(user_pair / "o")], "no such file"),
     ]
     before = sorted(os.listdir(user_pair))
     for args, needle in cases:
@@ -245,3 +284,72 @@ def test_cli_bad_files_and_folders(user_pair, tmp_path):
     assert (user_pair / "busy" / "mine.txt").read_text() == "keep me"
     r = _cli([left, right, "--out", str(user_pair / "o")])
     assert r.exit_code == 2 and "--max-disparity" in r.output
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_interrupted_rerun_leaves_the_old_run_whole(user_pair, monkeypatch, interrupt):
+    # a re-run that dies after writing some of its files (Ctrl-C, a full disk) leaves the old
+    # folder exactly as it was (same files, same bytes) and no staging folder beside it
+    import crfkit.cli.stereo as cli
+
+    out = user_pair / "run"
+    base = [str(user_pair / "left.png"), str(user_pair / "right.pgm"), "--max-disparity", "12", "--iters", "3"]
+    assert _cli([*base, "--out", str(out)]).exit_code == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    real = cli._write_outputs
+
+    def dying(folder, *args):
+        real(folder, *args)  # the new pictures are written, then the run dies
+        raise interrupt("stopped")
+
+    monkeypatch.setattr(cli, "_write_outputs", dying)
+    with pytest.raises(interrupt):  # other settings: other pictures (a mix would show)
+        cli.run_stereo(
+            out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, smooth_weight=0.0, progress=False
+        )
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert [n for n in os.listdir(user_pair) if n.startswith(".")] == []
+
+
+def test_failed_swap_puts_the_old_run_back(user_pair, monkeypatch):
+    # the swap is two renames (old run aside, new run in); if the second fails the old run returns
+    import crfkit.cli.stereo as cli
+
+    out = user_pair / "run"
+    base = [str(user_pair / "left.png"), str(user_pair / "right.pgm"), "--max-disparity", "12", "--iters", "3"]
+    assert _cli([*base, "--out", str(out)]).exit_code == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    real_rename, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(os.path.basename(str(src)))
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(cli.os, "rename", flaky)
+    with pytest.raises(OSError, match="disk gone"):
+        cli.run_stereo(out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, iters=3, progress=False)
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert [n for n in os.listdir(user_pair) if n.startswith(".")] == []
+
+
+def test_a_file_added_to_out_during_the_run_is_kept(user_pair, monkeypatch):
+    # --out was checked (only crfkit's files) before the run; a file that appears in it while the
+    # run solves is moved aside with the old run, never deleted
+    import crfkit.cli.stereo as cli
+
+    out = user_pair / "run"
+    base = [str(user_pair / "left.png"), str(user_pair / "right.pgm"), "--max-disparity", "12", "--iters", "3"]
+    assert _cli([*base, "--out", str(out)]).exit_code == 0
+    real = cli._write_outputs
+
+    def meanwhile(folder, *args):
+        (out / "notes.txt").write_text("mine")
+        real(folder, *args)
+
+    monkeypatch.setattr(cli, "_write_outputs", meanwhile)
+    cli.run_stereo(out, user_pair / "left.png", user_pair / "right.pgm", max_disparity=12, iters=3, progress=False)
+    assert sorted(os.listdir(out)) == ["disparity.pfm", "disparity.png", "report.json", "side_by_side.png"]
+    kept = [n for n in os.listdir(user_pair) if n.startswith(".run.old-")]
+    assert len(kept) == 1 and (user_pair / kept[0] / "notes.txt").read_text() == "mine"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ._validation import CRFShapeError, CRFTypeError, CRFValueError, fmt_shape
+from ._validation import CRFShapeError, CRFTypeError, CRFValueError, check_gamma, fmt_shape
 from .data.stereo import (
     StereoPair,
     StereoParams,
@@ -231,6 +231,46 @@ def evaluate(disparity: np.ndarray, ground_truth: np.ndarray, thresholds=(1.0, 2
 # ----------------------------------------------------------------------------- matching
 
 
+def _int_in(value, name: str, lo: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CRFTypeError(f"expected {name} an integer >= {lo}, got {value!r}")
+    if value < lo:
+        raise CRFValueError(f"expected {name} an integer >= {lo}, got {value}")
+
+
+def _check_solver_args(iters, gamma, stages, decode_every, icm_sweeps, callback) -> None:
+    """The solver's arguments of :func:`match`, checked before the cost volume is built."""
+    _int_in(iters, "iters", 1)
+    _int_in(stages, "stages", 1)
+    _int_in(decode_every, "decode_every", 0, allow_none=True)
+    _int_in(icm_sweeps, "icm_sweeps", 0)
+    if gamma is not None:
+        check_gamma(gamma)
+    if callback is not None and not callable(callback):
+        raise CRFTypeError(f"expected callback a function or None, got {type(callback).__name__}")
+
+
+def _energy_params(params, factor: int, max_disparity: float, overrides: dict) -> StereoParams:
+    """``params`` (or the defaults) at the grid ``factor`` and ``max_disparity``, with the
+    ``StereoParams`` fields in ``overrides``; checked: 2 to ``MAX_LABELS`` labels."""
+    base = params if params is not None else StereoParams()
+    if not isinstance(base, StereoParams):
+        raise CRFTypeError(f"expected params a StereoParams, got {type(base).__name__}")
+    unknown = set(overrides) - set(StereoParams.__dataclass_fields__)
+    if unknown:
+        raise CRFTypeError(f"expected StereoParams fields as keywords, got {sorted(unknown)}")
+    p = replace(base, factor=factor, max_disparity=max_disparity, **overrides)
+    L = p.labels()
+    if not 2 <= L <= MAX_LABELS:
+        raise CRFValueError(
+            f"expected 2 to {MAX_LABELS} labels (max_disparity >= the label step {p.label_step()} px at scale "
+            f"1/{factor}), got {L}"
+        )
+    return p
+
+
 def match(
     left,
     right,
@@ -264,17 +304,9 @@ def match(
     from .inference.dual_decomposition import solve_map
 
     t_start = time.perf_counter()
+    _check_solver_args(iters, gamma, stages, decode_every, icm_sweeps, callback)
     lft, rgt, D, f = check_pair(left, right, max_disparity, scale)
-    base = params if params is not None else StereoParams()
-    if not isinstance(base, StereoParams):
-        raise CRFTypeError(f"expected params a StereoParams, got {type(base).__name__}")
-    unknown = set(overrides) - set(StereoParams.__dataclass_fields__)
-    if unknown:
-        raise CRFTypeError(f"expected StereoParams fields as keywords, got {sorted(unknown)}")
-    p = replace(base, factor=f, max_disparity=D, **overrides)
-    L = p.labels()
-    if L > MAX_LABELS:
-        raise CRFValueError(f"expected at most {MAX_LABELS} labels, got {L}")
+    p = _energy_params(params, f, D, overrides)
     H, W = lft.shape[:2]
     crf, parts = build_stereo_crf(StereoPair(lft, rgt), p)
     step = parts["step"]

@@ -69,8 +69,22 @@ HELP = (
 )
 
 
+MAX_THREADS = 1024  # torch's thread pool is created at this size: a typo like 10**6 must not reach it
+MAX_SMOOTH_WEIGHT = 1e6  # far above any useful value (costs are <= 1 per pixel); keeps float32 weights finite
+
+# numeric options: (name, lowest, lowest allowed?, highest); checked before any work
+_NUMBER_BOUNDS = (
+    ("smooth_weight", 0.0, True, MAX_SMOOTH_WEIGHT),
+    ("truncation", 0.0, False, None),
+    ("gt_scale", 0.0, False, None),
+    ("max_disparity", 0.0, False, None),
+)
+
+
 def _fail(msg: str):
-    raise ValueError(msg)
+    from .._validation import CRFValueError
+
+    raise CRFValueError(msg)
 
 
 def _int_at_least(value, lo: int, name: str, hi: int | None = None) -> int:
@@ -83,6 +97,16 @@ def _int_at_least(value, lo: int, name: str, hi: int | None = None) -> int:
             else f"expected {name} >= {lo}, got {value}"
         )
     return int(value)
+
+
+def _number_in(value, name: str, lo: float, lo_ok: bool, hi: float | None) -> None:
+    flag = "--" + name.replace("_", "-")
+    lo_txt = f"{'>=' if lo_ok else '>'} {lo:g}"
+    want = f"a finite number {lo_txt}" if hi is None else f"a number {lo_txt} and <= {hi:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(f"expected {flag} {want}, got {value!r}")
+    if (value < lo if lo_ok else value <= lo) or (hi is not None and value > hi):
+        _fail(f"expected {flag} {want}, got {value:g}")
 
 
 def _gamma_of(gamma) -> float | None:
@@ -126,8 +150,15 @@ class _OutFolder:
         if self.final.is_dir() and any(self.final.iterdir()):
             old = self.final.parent / f".{self.final.name}.old-{run_id}"
             os.rename(self.final, old)
-            os.rename(self.staging, self.final)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.rename(self.staging, self.final)
+            except BaseException:  # put the old run back whole: never a folder with neither
+                os.rename(old, self.final)
+                raise
+            if set(os.listdir(old)) <= set(OUTPUT_NAMES):
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # something else appeared in --out during the run: keep it, never delete it
+                sys.stderr.write(f"crfkit stereo: the previous contents of --out are kept in {old}\n")
         else:
             os.replace(self.staging, self.final)  # onto a missing or empty folder
 
@@ -242,14 +273,17 @@ def _side_by_side(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     H, W = panels[0][1].shape[:2]
-    font = _font(22)
     bar, gap = 34, 6
     canvas = Image.new("RGB", (len(panels) * W + (len(panels) - 1) * gap, H + bar), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    size = 22  # one size for every title, the largest at which the longest fits its panel
+    while size > 8 and max(draw.textlength(t, font=_font(size)) for t, _ in panels) > W - 8:
+        size -= 1
+    font = _font(size)
     for i, (title, img) in enumerate(panels):
         x0 = i * (W + gap)
         canvas.paste(Image.fromarray(np.ascontiguousarray(img)), (x0, bar))
-        draw.text((x0 + 6, 5), title, fill=(0, 0, 0), font=font)
+        draw.text((x0 + 4, 5), title, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
 
 
@@ -270,19 +304,14 @@ def _check_options(o: dict) -> dict:
     _int_at_least(o["iters"], 1, "--iters")
     _int_at_least(o["stages"], 1, "--stages")
     _int_at_least(o["icm_sweeps"], 0, "--icm-sweeps")
-    _int_at_least(o["threads"], 0, "--threads")
+    _int_at_least(o["threads"], 0, "--threads", MAX_THREADS)
     if o["decode_every"] is not None:
         _int_at_least(o["decode_every"], 0, "--decode-every")
     if o["labels"] is not None:
         _int_at_least(o["labels"], 2, "--labels", MAX_LABELS)
-    for name in ("smooth_weight", "truncation", "gt_scale", "max_disparity"):
-        v = o[name]
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            _fail(f"expected --{name.replace('_', '-')} a finite number, got {v!r}")
-        if (v < 0) if name == "smooth_weight" else (v <= 0):
-            _fail(f"expected --{name.replace('_', '-')} {'>= 0' if name == 'smooth_weight' else '> 0'}, got {v}")
+    for name, lo, lo_ok, hi in _NUMBER_BOUNDS:
+        if o[name] is not None:
+            _number_in(o[name], name, lo, lo_ok, hi)
     if o["cost"] not in ("census", "ad_census", "tad"):
         _fail(f"expected --cost census, ad_census or tad, got {o['cost']!r}")
     factor = _factor_of(o["scale"], "--scale")
@@ -456,6 +485,11 @@ def run_stereo(
 
     if params.labels() > MAX_LABELS:
         _fail(f"expected at most {MAX_LABELS} labels, got {params.labels()} (lower --max-disparity or --scale)")
+    if params.labels() < 2:
+        _fail(
+            f"expected --max-disparity >= the label step {params.label_step()} px at --scale {1 / params.factor:g} "
+            f"(at least 2 labels), got {D:g}"
+        )
     folder = _prepare_out(out)
     t_load = time.perf_counter() - t_start
     try:
@@ -535,6 +569,20 @@ def _solve_and_write(pair, D, params, folder, opts, solver, inputs, progress, t_
     return report
 
 
+def _run_from_command_line(args: dict) -> None:
+    """Run the command's arguments ``args`` (its ``locals()``); a bad one: one line on stderr, exit 2."""
+    import typer
+
+    quiet = args.pop("quiet")
+    out, left, right = args.pop("out"), args.pop("left"), args.pop("right")
+    try:
+        run_stereo(out, left, right, **args, progress=not quiet)
+    except (ValueError, TypeError, OSError) as exc:
+        msg = " ".join(str(exc).split())
+        typer.echo(f"crfkit stereo: error: {msg}", err=True)
+        raise typer.Exit(2) from None
+
+
 def register(app) -> None:
     """Add the ``stereo`` command to the ``crfkit`` typer app."""
     import typer
@@ -588,32 +636,9 @@ def register(app) -> None:
         truncation: float | None = typer.Option(
             None, "--truncation", help="Truncation of the linear smoothness, in full-resolution pixels (default 8)."
         ),
-        threads: int = typer.Option(1, "--threads", help="torch intra-op threads (default 1; 0: torch's default)."),
+        threads: int = typer.Option(
+            1, "--threads", help="torch intra-op threads, 0..1024 (default 1; 0: torch's default)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or messages."),
     ):
-        try:
-            run_stereo(
-                out,
-                left,
-                right,
-                max_disparity=max_disparity,
-                gt=gt,
-                gt_scale=gt_scale,
-                scale=scale,
-                cost_scale=cost_scale,
-                labels=labels,
-                iters=iters,
-                gamma=gamma,
-                stages=stages,
-                decode_every=decode_every,
-                icm_sweeps=icm_sweeps,
-                cost=cost,
-                smooth_weight=smooth_weight,
-                truncation=truncation,
-                threads=threads,
-                progress=not quiet,
-            )
-        except (ValueError, TypeError, OSError) as exc:
-            msg = " ".join(str(exc).split())
-            typer.echo(f"crfkit stereo: error: {msg}", err=True)
-            raise typer.Exit(2) from None
+        _run_from_command_line(dict(locals()))

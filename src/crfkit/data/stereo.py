@@ -3,20 +3,19 @@ contrast-sensitive smoothness, winner-take-all and the bad-pixel rate.
 
 Conventions (Middlebury's): the disparity ``d`` of left pixel ``(y, x)`` says that it shows the
 same point as right pixel ``(y, x - d)``; ground truth is ``inf`` where unknown.  Labels are
-integer disparities ``0 .. L - 1`` at the working (downscaled) resolution; a label ``l`` at
-downscale factor ``f`` is the full-resolution disparity ``f * l``.
+integers ``0 .. L - 1`` on the working (downscaled) grid; label ``l`` is the full-resolution
+disparity ``l * step`` (``StereoParams.label_step``, from the disparity range).
 
 Scores are maximised: the unary score of label ``l`` at a pixel is ``-data_weight * cost``, the
 pairwise score of an edge is ``-w_edge * min(|l - l'|, truncation)`` with ``w_edge`` large where
-the two pixels look alike and small across intensity edges (``TruncatedLinear``).
+the two pixels look alike and small across intensity edges (``TruncatedLinear``); every weight is
+per full-resolution pixel (:class:`StereoParams`), so the grid's resolution does not change the
+balance of data and smoothness.
 
-How the defaults were chosen (on the motorcycle pair itself — there is no other bundled pair
-with ground truth; alpha-expansion as the MAP solver; bad pixels > 2 px at full resolution):
-grey-level truncated absolute difference on a quarter-resolution grid, 16 labels: winner-take-all
-77%, CRF 45% at best; census there: 47% / 26%; census computed at half resolution and averaged
-over each quarter-resolution pixel (32 labels of 2 px): 22% / 10% (the default); the same costs on
-a half-resolution grid: 39% / 10% with four times the nodes; Potts instead of truncated linear:
-13%.
+The defaults of :class:`StereoParams` were chosen on generated pairs (:func:`synthetic_pair`,
+seeds 100..102), not on the bundled motorcycle pair; their accuracy on held-out generated pairs
+and on the motorcycle, against OpenCV's ``StereoSGBM``, is measured by
+``benchmarks/bench_stereo.py``.
 
 Images are numpy arrays ``[H, W]`` or ``[H, W, 3]`` (uint8 or float); computations run in torch.
 The bundled pair needs scikit-image (the ``cli`` extra), imported only by :func:`load_motorcycle`.
@@ -50,6 +49,7 @@ __all__ = [
     "winner_take_all",
     "bad_pixel_rate",
     "build_stereo_crf",
+    "synthetic_pair",
 ]
 
 
@@ -483,8 +483,12 @@ class StereoParams:
         return float(self.smooth_weight) * self.label_step() / _check_factor(self.factor)
 
     def truncation_labels(self) -> float:
-        """The truncation in labels: ``truncation / step`` rounded, at least 1."""
-        return float(max(1, round(float(self.truncation) / self.label_step())))
+        """The truncation in labels: ``truncation / step`` rounded, at least 1 and at most
+        ``L - 1`` (no two labels are further apart, so a larger truncation changes nothing)."""
+        T = float(self.truncation)
+        if not (0 < T < math.inf):
+            raise CRFValueError(f"expected truncation a finite number > 0 (pixels), got {self.truncation!r}")
+        return float(max(1, min(round(T / self.label_step()), self.labels() - 1)))
 
 
 def build_stereo_crf(pair: StereoPair, params: StereoParams | None = None) -> tuple[GridCRF, dict]:
@@ -569,8 +573,6 @@ def synthetic_pair(
     ``k`` has disparity ``a_k + b_k x + c_k y`` (left coordinates) and a texture fixed to it;
     a pixel of either view shows the surface of largest disparity that covers it there.
     """
-    from scipy.ndimage import map_coordinates
-
     if kind not in ("layers", "planes"):
         raise CRFValueError(f"expected kind 'layers' or 'planes', got {kind!r}")
     H, W = int(shape[0]), int(shape[1])
@@ -578,14 +580,28 @@ def synthetic_pair(
     if not (H >= 8 and W >= 8 and 2 <= D < W / 2):
         raise CRFValueError(f"expected shape >= (8, 8) and 2 <= max_disparity < W / 2, got {shape}, {D}")
     g = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
-    surfaces = []  # (a, b, c, mask(y, x), texture)
+    surfaces = _random_surfaces(g, kind, H, W, D)
+    left, disp = _render_view(surfaces, H, W, right=False)
+    right, _ = _render_view(surfaces, H, W, right=True)
+    right = np.clip(right, 0, 255)
+    right = float(gain) * 255.0 * (right / 255.0) ** float(gamma) + float(bias)
+    left = left + g.normal(0, noise, left.shape)
+    right = right + g.normal(0, noise, right.shape)
+    to8 = lambda im: np.clip(np.round(im), 0, 255).astype(np.uint8)  # noqa: E731
+    name = f"synthetic-{kind}-{seed}" + ("" if (gain, bias, gamma) == (1.0, 0.0, 1.0) else "-exposure")
+    return StereoPair(to8(left), to8(right), disp.astype(np.float32), name=name)
+
+
+def _random_surfaces(g: np.random.Generator, kind: str, H: int, W: int, D: float) -> list:
+    """A slanted background and 3..5 foreground surfaces: ``(a, b, c, shape, texture)`` each, with
+    disparity ``a + b x + c y`` (left coordinates), ``shape`` ``None`` (everywhere) or
+    ``(cy, cx, ry, rx, ellipse)``, and a texture ``[H, W + D + 2, 3]`` fixed to the surface."""
     lo = g.uniform(0.05, 0.25) * D
     hi = g.uniform(0.3, 0.5) * D
     # background: slanted, disparity from lo to hi over the image
     b_bg, c_bg = g.uniform(-0.5, 0.5) * (hi - lo) / W, (hi - lo) / H * g.uniform(0.3, 1.0)
     a_bg = lo - min(0.0, b_bg * W)
-    surfaces.append((a_bg, b_bg, c_bg, None, _texture(g, H, W + int(D) + 2, g.uniform(0.5, 1.0))))
+    surfaces = [(a_bg, b_bg, c_bg, None, _texture(g, H, W + int(D) + 2, g.uniform(0.5, 1.0)))]
     n_fg = int(g.integers(3, 6))
     for i in range(n_fg):
         d0 = hi + (0.85 * D - hi) * (i + g.uniform(0.2, 0.9)) / n_fg
@@ -598,37 +614,36 @@ def synthetic_pair(
         ellipse = bool(g.integers(0, 2))
         a = d0 - b * cx - c * cy
         surfaces.append((a, b, c, (cy, cx, ry, rx, ellipse), _texture(g, H, W + int(D) + 2, g.uniform(0.2, 1.0))))
+    return surfaces
 
-    def covers(spec, y, x):
-        if spec is None:
-            return np.ones_like(x, dtype=bool)
-        cy, cx, ry, rx, ellipse = spec
-        if ellipse:
-            return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
-        return (np.abs(y - cy) <= ry) & (np.abs(x - cx) <= rx)
 
-    def render(right: bool):
-        best = np.full((H, W), -np.inf)
-        img = np.zeros((H, W, 3))
-        disp = np.zeros((H, W))
-        for a, b, c, spec, tex in surfaces:
-            # the left x of the surface point seen at this pixel: x - d(x, y) = x_view (right view)
-            x_left = (xs + a + c * ys) / (1.0 - b) if right else xs
-            d = a + b * x_left + c * ys
-            vis = covers(spec, ys, x_left) & (d > best)
-            coords = [ys[vis], x_left[vis]]
-            for ch in range(3):
-                img[..., ch][vis] = map_coordinates(tex[..., ch], coords, order=1, mode="nearest")
-            best = np.where(vis, d, best)
-            disp = np.where(vis, d, disp)
-        return img, disp
+def _covers(shape, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Where a surface of :func:`_random_surfaces` covers the left-view points ``(y, x)``."""
+    if shape is None:
+        return np.ones_like(x, dtype=bool)
+    cy, cx, ry, rx, ellipse = shape
+    if ellipse:
+        return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+    return (np.abs(y - cy) <= ry) & (np.abs(x - cx) <= rx)
 
-    left, disp = render(False)
-    right, _ = render(True)
-    right = np.clip(right, 0, 255)
-    right = float(gain) * 255.0 * (right / 255.0) ** float(gamma) + float(bias)
-    left = left + g.normal(0, noise, left.shape)
-    right = right + g.normal(0, noise, right.shape)
-    to8 = lambda im: np.clip(np.round(im), 0, 255).astype(np.uint8)  # noqa: E731
-    name = f"synthetic-{kind}-{seed}" + ("" if (gain, bias, gamma) == (1.0, 0.0, 1.0) else "-exposure")
-    return StereoPair(to8(left), to8(right), disp.astype(np.float32), name=name)
+
+def _render_view(surfaces: list, H: int, W: int, *, right: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One view ``[H, W, 3]`` float of ``surfaces`` and the disparity ``[H, W]`` it shows: each pixel
+    shows the surface of largest disparity covering it."""
+    from scipy.ndimage import map_coordinates
+
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    best = np.full((H, W), -np.inf)
+    img = np.zeros((H, W, 3))
+    disp = np.zeros((H, W))
+    for a, b, c, shape, tex in surfaces:
+        # the left x of the surface point seen at this pixel: x - d(x, y) = x_view (right view)
+        x_left = (xs + a + c * ys) / (1.0 - b) if right else xs
+        d = a + b * x_left + c * ys
+        vis = _covers(shape, ys, x_left) & (d > best)
+        coords = [ys[vis], x_left[vis]]
+        for ch in range(3):
+            img[..., ch][vis] = map_coordinates(tex[..., ch], coords, order=1, mode="nearest")
+        best = np.where(vis, d, best)
+        disp = np.where(vis, d, disp)
+    return img, disp
