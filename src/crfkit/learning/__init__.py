@@ -2,7 +2,7 @@
 
 from .blocks import grid_tiles, index_ranges, make_blocks
 from .learners import FitNotConvergedWarning, FitResult, VariationalObjective, fit
-from .models import FeatureCRF, FeatureParams, Instance, TableParams
+from .models import FeatureCRF, FeatureParams, Instance, LearningInstance, TableParams
 
 __all__ = [
     "fit",
@@ -10,6 +10,7 @@ __all__ = [
     "FitNotConvergedWarning",
     "VariationalObjective",
     "FeatureCRF",
+    "LearningInstance",
     "Instance",
     "FeatureParams",
     "TableParams",
