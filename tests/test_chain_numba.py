@@ -257,3 +257,102 @@ def test_imports_without_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "refused: numba is not importable" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend in the dispatcher (the suite runs on the torch path: see conftest.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_numba_is_the_cpu_default(monkeypatch):
+    """With ``CRFKIT_CHAIN_IMPL`` unset, CPU tensors go to numba; ``=torch`` forces the torch path."""
+    from crfkit.ops.chain import choose_implementation
+
+    u = torch.zeros(2, 3, 4)
+    monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+    assert choose_implementation(u) == "numba"
+    monkeypatch.setenv("CRFKIT_CHAIN_IMPL", "torch")
+    assert choose_implementation(u) == "torch"
+
+
+@pytest.mark.parametrize("form", ["tl", "potts", "weighted"])
+def test_solve_map_with_the_numba_default_matches_torch(monkeypatch, form):
+    """End to end, the real CPU default (numba: marginals, certificate values, ICM's Viterbi) gives
+    the torch path's labelling, score and certificate on a small grid; the certificate bounds
+    the exact optimum (enumeration) from above and the labelling's score from below."""
+    import crfkit
+    from helpers import all_scores, random_spec, spec_to_crf
+
+    rng = np.random.default_rng(8)
+    spec = random_spec(rng, 2, 3, 3, 3, offsets=((0, 1), (1, 0), (1, 1)), forms=[form] * 3)
+    crf = spec_to_crf(spec)
+    out = {}
+    for impl in ("torch", None):
+        if impl is None:
+            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+        else:
+            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        out[impl] = crfkit.solve_map(crf, iters=40, gamma=0.0, decode_every=10)
+    t, n = out["torch"], out[None]
+    assert torch.equal(n.labels, t.labels)
+    torch.testing.assert_close(n.primal, t.primal, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(n.dual, t.dual, rtol=1e-9, atol=1e-9)
+    best = all_scores(spec)[0].max(axis=1)
+    assert np.all(n.primal.numpy() <= best + 1e-9) and np.all(best <= n.dual.numpy() + 1e-9)
+
+
+def test_layer_gradients_with_the_numba_default(monkeypatch):
+    """The layer's backward runs through the numba kernels by default: same output and gradients
+    (unary and pairwise tables) as the torch path."""
+    from crfkit.nn import DualDecompositionCRF
+    from helpers import random_spec, spec_tables
+
+    rng = np.random.default_rng(4)
+    spec = random_spec(rng, 2, 3, 4, 4, offsets=((0, 1), (1, 0)), forms=["dense", "dense"])
+    layer = DualDecompositionCRF(num_iters=3, gamma=0.5, offsets=((0, 1), (1, 0)))
+    w = torch.tensor(rng.normal(size=spec.unary.shape))
+    res = {}
+    for impl in ("torch", None):
+        if impl is None:
+            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+        else:
+            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        unary = torch.tensor(spec.unary, requires_grad=True)
+        tables = [torch.tensor(t, requires_grad=True) for t in spec_tables(spec)]
+        logits = layer(unary, tables)
+        res[impl] = (logits.detach(), torch.autograd.grad((logits * w).sum(), [unary, *tables]))
+    (lt, gt), (ln, gn) = res["torch"], res[None]
+    torch.testing.assert_close(ln, lt, rtol=1e-9, atol=1e-9)
+    for a, b in zip(gn, gt):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_falls_back_to_torch_without_numba_and_warns_once():
+    """numba unimportable: the CPU default is the torch path (values and gradients equal to the
+    reference), with exactly one warning for the whole process."""
+    code = (
+        "import sys, warnings; sys.modules['numba'] = None\n"
+        "import torch\n"
+        "from crfkit.decomposition.chains import ChainPairwise\n"
+        "from crfkit.ops.chain import chain_marginals, chain_marginals_reference, choose_implementation\n"
+        "torch.manual_seed(0)\n"
+        "pw = ChainPairwise('dense', tables=torch.randn(2, 2, 3, 3, dtype=torch.float64))\n"
+        "lens = torch.tensor([3, 2])\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for _ in range(3):\n"
+        "        u = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)\n"
+        "        m, v = chain_marginals(u, pw, lens, 0.5)\n"
+        "        (g,) = torch.autograd.grad(v.sum() + m.square().sum(), u)\n"
+        "        m0, v0 = chain_marginals_reference(u, pw, lens, 0.5)\n"
+        "        (g0,) = torch.autograd.grad(v0.sum() + m0.square().sum(), u)\n"
+        "        torch.testing.assert_close(m, m0); torch.testing.assert_close(g, g0)\n"
+        "print('warnings', sum('numba' in str(w.message) for w in seen))\n"
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CRFKIT_CHAIN_IMPL"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "warnings 1" in out.stdout

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..decomposition.chains import ChainGroup, ChainProblem
-from ..ops.chain.torch import chain_viterbi_torch
+from ..ops.chain import chain_viterbi
 
 __all__ = ["ProblemEdges", "decode_argmax", "chain_icm", "problem_score"]
 
@@ -179,7 +179,7 @@ def chain_icm(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, 
                 local = cond[nodes.clamp(min=0)] - contrib[chains]
                 local = local * v[..., None]
                 sub = g.pairwise.select(chains)
-                new = chain_viterbi_torch(local, sub, g.lengths[chains])
+                new = chain_viterbi(local, sub, g.lengths[chains])
                 old = labels[nodes[v]]
                 if not torch.equal(old, new[v]):
                     changed = True

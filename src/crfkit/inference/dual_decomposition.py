@@ -37,8 +37,7 @@ import torch
 
 from .._validation import CRFTypeError, CRFValueError
 from ..decomposition.chains import ChainProblem
-from ..ops.chain import chain_marginals
-from ..ops.chain.torch import chain_values_torch
+from ..ops.chain import chain_marginals, chain_values
 from .decoding import ProblemEdges, chain_icm, decode_argmax, problem_score
 from .solver_options import STEP_RULES, SolverOptions
 
@@ -176,8 +175,9 @@ class DualDecomposition:
         psi = self.psi(lam.detach())
         dual = torch.zeros(self.problem.batch_size, dtype=torch.float64, device=lam.device)
         for gi, g in enumerate(self.problem.groups):
-            value = chain_values_torch(
-                self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma, allow_sync=self.validate_args
+            value = chain_values(
+                self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma,
+                implementation=self.implementation, validate_args=self.validate_args,
             )
             dual.index_add_(0, self.chain_batch[gi], value.double())
         return dual

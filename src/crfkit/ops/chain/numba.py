@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ..._validation import CRFTypeError, CRFValueError
+from ...models.chain_pairwise import DISTANCE_TRANSFORM, POTTS_CLOSED_FORM
 
 try:  # pragma: no cover - depends on the environment
     import numba
@@ -550,6 +551,15 @@ def _backward(form, fast, unary, tabs, weight, prm, pos, lengths, f, g, dmarg, d
 # ---------------------------------------------------------------------------------------------
 
 
+def _fast_code(pairwise, form: int, gamma: float, allow_sync: bool) -> int:
+    """The kernels' code of the form's O(L) path (:meth:`ChainPairwise.fast_path`, the decision the
+    torch path makes: a weight sign not known without a host read takes the tables when ``not
+    allow_sync``), :data:`SLOW` for the table loop."""
+    if form != TRUNCATED:
+        return SLOW
+    return {DISTANCE_TRANSFORM: TL_MAX, POTTS_CLOSED_FORM: POTTS_LSE}.get(pairwise.fast_path(gamma, allow_sync), SLOW)
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -558,7 +568,7 @@ class _Launch:
     """The numpy views, flags and scratch of one call (built on the host, no copies of contiguous
     inputs except the weighted table, made contiguous once, and the per-call ``[L, L]`` distance table)."""
 
-    def __init__(self, unary, form, tables, weight, truncation, lengths, gamma):
+    def __init__(self, unary, form, tables, weight, truncation, lengths, gamma, fast):
         if unary.device.type != "cpu":
             raise CRFValueError(f"expected CPU tensors for the numba chain kernels, got unary on {unary.device}")
         if unary.dtype not in (torch.float32, torch.float64):
@@ -587,13 +597,7 @@ class _Launch:
             dist = (idx[:, None] - idx[None, :]).abs().clamp(max=float(truncation))
             self.tabs = _np(dist).reshape(1, 1, L, L)
             self.weight = _np(weight.to(dt)) if n > 1 else np.zeros((C, 1), dtype=self.unary.dtype)
-        self.fast = SLOW
-        if form == TRUNCATED:
-            nonneg = bool((weight >= 0).all()) if weight.numel() else True
-            if gamma == 0.0 and nonneg:
-                self.fast = TL_MAX
-            elif gamma > 0.0 and float(truncation) <= 1.0 and nonneg:
-                self.fast = POTTS_LSE
+        self.fast = fast
         floor = -80.0 if dt == torch.float32 else -700.0
         inv = 1.0 / gamma if gamma > 0 else 0.0
         self.prm = np.array([gamma, inv, float(truncation), floor], dtype=self.unary.dtype)
@@ -618,18 +622,18 @@ class _Launch:
 
 class _ChainMarginalsNumba(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, unary, tables, weight, lengths, gamma, form, truncation):
-        launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma)
+    def forward(ctx, unary, tables, weight, lengths, gamma, form, truncation, fast):
+        launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma, fast)
         f, g, marg, value, _ = launch.forward(MARGINALS)
         ctx.save_for_backward(unary, tables, weight, lengths, torch.from_numpy(f), torch.from_numpy(g))
-        ctx.gamma, ctx.form, ctx.truncation = gamma, form, truncation
+        ctx.gamma, ctx.form, ctx.truncation, ctx.fast = gamma, form, truncation, fast
         return torch.from_numpy(marg), torch.from_numpy(value)
 
     @staticmethod
     def backward(ctx, d_marg, d_value):
         unary, tables, weight, lengths, f, g = ctx.saved_tensors
         form = ctx.form
-        launch = _Launch(unary, form, tables, weight, ctx.truncation, lengths, ctx.gamma)
+        launch = _Launch(unary, form, tables, weight, ctx.truncation, lengths, ctx.gamma, ctx.fast)
         C, n, L = launch.C, launch.n, launch.L
         npdt = launch.unary.dtype
         dm = _np(d_marg.to(unary.dtype)) if d_marg is not None else np.zeros((C, n, L), dtype=npdt)
@@ -648,7 +652,7 @@ class _ChainMarginalsNumba(torch.autograd.Function):
             d_tables = dt.to(tables.dtype)
         if weight is not None and ctx.needs_input_grad[2]:
             d_weight = torch.from_numpy(dw[:, : weight.shape[1]]).to(weight.dtype)
-        return d_unary, d_tables, d_weight, None, None, None, None
+        return d_unary, d_tables, d_weight, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,33 +661,44 @@ class _ChainMarginalsNumba(torch.autograd.Function):
 
 
 def chain_marginals_numba(
-    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float, *, allow_sync: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Smoothed) max-marginals of a batch of chains; see :func:`crfkit.ops.chain.chain_marginals`.
 
     Args:
         unary: ``[C, n, L]`` float32/float64 on the CPU; pairwise: :class:`ChainPairwise`;
         lengths: ``[C]`` long, ``1 <= lengths <= n``; gamma: ``0`` (max) or ``> 0`` (smoothed max).
+        allow_sync: may read the weights' sign to pick a fast path (``False``: a form whose sign
+            is not known takes the exact table loop), as the torch path.
 
     Returns:
         ``marginals [C, n, L]`` (zero on padding), ``value [C]``; differentiable with respect to
         ``unary`` and the pairwise tensors.
     """
     form, tables, weight, truncation = _unpack(pairwise)
-    return _ChainMarginalsNumba.apply(unary, tables, weight, lengths, float(gamma), form, truncation)
+    gamma = float(gamma)
+    fast = _fast_code(pairwise, form, gamma, allow_sync)
+    return _ChainMarginalsNumba.apply(unary, tables, weight, lengths, gamma, form, truncation, fast)
 
 
 @torch.no_grad()
-def chain_values_numba(unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float) -> torch.Tensor:
+def chain_values_numba(
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float, *, allow_sync: bool = True
+) -> torch.Tensor:
     """Only the (smoothed) max of each chain, ``[C]``: one pass of messages, no marginals, no grad."""
     form, tables, weight, truncation = _unpack(pairwise)
-    launch = _Launch(unary, form, tables, weight, truncation, lengths, float(gamma))
+    gamma = float(gamma)
+    launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma,
+                     _fast_code(pairwise, form, gamma, allow_sync))
     return torch.from_numpy(launch.forward(VALUES)[3])
 
 
 @torch.no_grad()
-def chain_viterbi_numba(unary: torch.Tensor, pairwise, lengths: torch.Tensor) -> torch.Tensor:
+def chain_viterbi_numba(
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, *, allow_sync: bool = True
+) -> torch.Tensor:
     """A maximising labelling of each chain, ``[C, n]`` long (``0`` on padding)."""
     form, tables, weight, truncation = _unpack(pairwise)
-    launch = _Launch(unary, form, tables, weight, truncation, lengths, 0.0)
+    launch = _Launch(unary, form, tables, weight, truncation, lengths, 0.0,
+                     _fast_code(pairwise, form, 0.0, allow_sync))
     return torch.from_numpy(launch.forward(VITERBI)[4])
