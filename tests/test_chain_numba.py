@@ -243,6 +243,20 @@ def test_threads_setting(monkeypatch):
         nb.num_threads()
 
 
+def test_kernels_leave_torch_threads_alone(monkeypatch):
+    """numba's OpenMP layer shares the runtime with torch: a kernel on 1 numba thread must not
+    change torch's thread count."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CRFKIT_NUM_THREADS", "1")
+    try:
+        torch.set_num_threads(2)
+        pw = ChainPairwise("truncated_linear", weight=torch.ones(2, 2, dtype=torch.float64), truncation=1.0)
+        nb.chain_values_numba(torch.zeros(2, 3, 4, dtype=torch.float64), pw, torch.tensor([3, 3]), 0.0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_imports_without_numba():
     """With numba unimportable the module still imports and says AVAILABLE = False."""
     code = (

@@ -29,11 +29,11 @@ Pairwise forms (read through :func:`_unpack`, the one place that knows ``ChainPa
   once per call for all chains, as in :mod:`.torch`.
 
 Threads: numba's own pool, set before every call to ``CRFKIT_NUM_THREADS`` when it is set (capped
-at numba's pool size, ``NUMBA_NUM_THREADS``), otherwise **1**. On a shared 2-core machine one
+at numba's pool size, ``NUMBA_NUM_THREADS``), otherwise **1**; torch's thread count is put back
+after every kernel (numba's OpenMP layer shares it). On a shared 2-core machine one
 thread is never the slow choice (oversubscription made torch's default threads 17x slower than
 one); the chains are independent, so ``CRFKIT_NUM_THREADS=2`` speeds up an idle 2-core machine
-(see ``benchmarks/bench_chain.py``, which measures 1 vs 2 threads). torch's own thread setting is
-not touched.
+(see ``benchmarks/bench_chain.py``, which measures 1 vs 2 threads).
 
 Compilation: ``cache=True`` (numba's on-disk cache next to this file, or ``NUMBA_CACHE_DIR``);
 two kernels (forward, backward) plus one small Viterbi-free helper, each specialised for float32
@@ -560,6 +560,21 @@ def _fast_code(pairwise, form: int, gamma: float, allow_sync: bool) -> int:
     return {DISTANCE_TRANSFORM: TL_MAX, POTTS_CLOSED_FORM: POTTS_LSE}.get(pairwise.fast_path(gamma, allow_sync), SLOW)
 
 
+class _threads:
+    """Run a kernel on :func:`num_threads` numba threads, then give torch its own thread count back:
+    numba's OpenMP threading layer shares the OpenMP runtime with torch, so setting numba's
+    threads also set torch's (seen: torch at 3 threads came back at 1)."""
+
+    def __enter__(self):
+        self.torch_threads = torch.get_num_threads()
+        numba.set_num_threads(num_threads())
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        return False
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -575,7 +590,6 @@ class _Launch:
             raise CRFTypeError(f"expected unary of dtype float32 or float64, got {unary.dtype}")
         if not AVAILABLE:
             raise RuntimeError("numba is not importable: use the torch chain implementation")
-        numba.set_num_threads(num_threads())
         C, n, L = unary.shape
         dt = unary.dtype
         self.C, self.n, self.L, self.dtype = C, n, L, dt
@@ -615,8 +629,9 @@ class _Launch:
         marg = np.zeros((C, n, L), dtype=self.unary.dtype) if mode == MARGINALS else self.empty3()
         labels = np.zeros((C, n) if mode == VITERBI else (0, 0), dtype=np.int64)
         value = np.zeros(C, dtype=self.unary.dtype)
-        _forward(mode, self.form, self.fast, self.unary, self.tabs, self.weight, self.prm, self.pos, self.lengths,
-                 f, g, marg, value, labels, self.sc, self.isc)
+        with _threads():
+            _forward(mode, self.form, self.fast, self.unary, self.tabs, self.weight, self.prm, self.pos,
+                     self.lengths, f, g, marg, value, labels, self.sc, self.isc)
         return f, g, marg, value, labels
 
 
@@ -642,8 +657,9 @@ class _ChainMarginalsNumba(torch.autograd.Function):
         want_dtab = form != TRUNCATED and ctx.needs_input_grad[1]
         dtabs = np.zeros(launch.tabs.shape if want_dtab else (C, 1, 1, 1), dtype=npdt)
         dw = np.zeros(launch.weight.shape, dtype=npdt)
-        _backward(form, launch.fast, launch.unary, launch.tabs, launch.weight, launch.prm, launch.pos,
-                  launch.lengths, _np(f), _np(g), dm, dv, du, dtabs, dw, want_dtab, launch.sc, launch.isc)
+        with _threads():
+            _backward(form, launch.fast, launch.unary, launch.tabs, launch.weight, launch.prm, launch.pos,
+                      launch.lengths, _np(f), _np(g), dm, dv, du, dtabs, dw, want_dtab, launch.sc, launch.isc)
         d_unary = torch.from_numpy(du)
         d_tables = d_weight = None
         if want_dtab:
