@@ -282,6 +282,23 @@ def test_imports_without_numba():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_smoothed_max_over_tables_goes_to_torch(monkeypatch):
+    """The dispatcher's routing: with the numba default, the smoothed max over tables runs the
+    torch path (its saved-for-backward class), the max and the Potts closed form run numba."""
+    from crfkit.ops.chain import chain_marginals
+
+    monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+    u = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    lens = torch.tensor([4, 3])
+    dense = ChainPairwise("dense", tables=torch.randn(2, 3, 3, 3, dtype=torch.float64))
+    potts = ChainPairwise("truncated_linear", weight=torch.rand(2, 3, dtype=torch.float64), truncation=1.0)
+    for pw, gamma, compiled in ((dense, 0.5, False), (dense, 0.0, True), (potts, 0.5, True)):
+        m, _ = chain_marginals(u, pw, lens, gamma)
+        assert ("Numba" in type(m.grad_fn).__name__) == compiled
+        m0, _ = chain_marginals_reference(u, pw, lens, gamma)
+        torch.testing.assert_close(m, m0)
+
+
 def test_numba_is_the_cpu_default(monkeypatch):
     """With ``CRFKIT_CHAIN_IMPL`` unset, CPU tensors go to numba; ``=torch`` forces the torch path."""
     from crfkit.ops.chain import choose_implementation
@@ -319,15 +336,17 @@ def test_solve_map_with_the_numba_default_matches_torch(monkeypatch, form):
     assert np.all(n.primal.numpy() <= best + 1e-9) and np.all(best <= n.dual.numpy() + 1e-9)
 
 
-def test_layer_gradients_with_the_numba_default(monkeypatch):
-    """The layer's backward runs through the numba kernels by default: same output and gradients
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_layer_gradients_with_the_numba_default(monkeypatch, gamma):
+    """The layer's backward runs through the numba kernels by default (the max; the smoothed max
+    goes to torch for tables, so gamma = 0.5 checks that routing): same output and gradients
     (unary and pairwise tables) as the torch path."""
     from crfkit.nn import DualDecompositionCRF
     from helpers import random_spec, spec_tables
 
     rng = np.random.default_rng(4)
     spec = random_spec(rng, 2, 3, 4, 4, offsets=((0, 1), (1, 0)), forms=["dense", "dense"])
-    layer = DualDecompositionCRF(num_iters=3, gamma=0.5, offsets=((0, 1), (1, 0)))
+    layer = DualDecompositionCRF(num_iters=3, gamma=gamma, offsets=((0, 1), (1, 0)))
     w = torch.tensor(rng.normal(size=spec.unary.shape))
     res = {}
     for impl in ("torch", None):

@@ -8,7 +8,8 @@ One operation, one signature for every implementation::
 - ``torch``: vectorised over chains and labels, hand-written backward (CPU and any device);
 - ``triton``: GPU kernels (CUDA tensors, Triton installed);
 - ``numba``: compiled CPU kernels (:mod:`.numba`), the default on CPU tensors when numba is
-  importable (float32/float64; anything it does not cover goes to ``torch``, see below).
+  importable (float32/float64; the max, and the smoothed max of Potts forms; the rest, where
+  torch is as fast or faster, goes to ``torch``: see ``_numba_covers``).
 
 Backends are entries of :data:`BACKENDS` (name -> :class:`Backend`): a function with the
 signature above (plus ``allow_sync``), whether it can run now, and on which tensors it is the
@@ -148,16 +149,21 @@ def _numba_available() -> bool:
     return ok
 
 
-def _numba_covers(unary: torch.Tensor, pairwise: ChainPairwise) -> bool:
+def _numba_covers(unary: torch.Tensor, pairwise: ChainPairwise, gamma: float = 0.0, allow_sync: bool = True) -> bool:
     """The cases the compiled kernels run (forward and backward); the rest go to the torch path:
-    other dtypes or devices, forms they do not know, torch.compile tracing, numba missing."""
-    return (
+    other dtypes or devices, forms they do not know, torch.compile tracing, numba missing, and
+    the smoothed max (``gamma > 0``) over ``L x L`` tables, where the compiled loop is exp-bound and
+    slower than torch's vectorised exp (``benchmarks/README.md``: 0.4-0.8x); the smoothed max of
+    a Potts form (closed form, ``O(L)``) stays compiled."""
+    if not (
         unary.device.type == "cpu"
         and unary.dtype in _NUMBA_DTYPES
         and getattr(pairwise, "kind", None) in ("dense", "weighted", "truncated_linear")
         and not _is_compiling()
         and _numba_available()
-    )
+    ):
+        return False
+    return gamma == 0.0 or pairwise.fast_path(gamma, allow_sync) is not None
 
 
 def _load_numba():
@@ -165,7 +171,7 @@ def _load_numba():
     from .torch import chain_marginals_torch
 
     def run(unary, pairwise, lengths, gamma, *, allow_sync=True):
-        if not _numba_covers(unary, pairwise):
+        if not _numba_covers(unary, pairwise, gamma, allow_sync):
             return chain_marginals_torch(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
         return nb.chain_marginals_numba(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
 
@@ -177,7 +183,7 @@ def _load_numba_values():
     from .torch import chain_values_torch
 
     def run(unary, pairwise, lengths, gamma, *, allow_sync=True):
-        if not _numba_covers(unary, pairwise):
+        if not _numba_covers(unary, pairwise, gamma, allow_sync):
             return chain_values_torch(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
         return nb.chain_values_numba(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
 
