@@ -239,6 +239,33 @@ def _dt_max(x, out, arg, w, prm, pos, L, lv, li):
 
 
 @njit(**_JIT)
+def _dt_max_values(x, out, w, prm, pos, L, lv):
+    """:func:`_dt_max` without the arg-max bookkeeping (the forward messages): the same
+    comparisons, so the same values bit for bit."""
+    run = x[0]
+    top = x[0]
+    for a in range(L):
+        v = x[a] + w * pos[a]
+        if a == 0 or v >= run:
+            run = v
+        lv[a] = run - w * pos[a]
+        if x[a] > top:
+            top = x[a]
+    trunc = top - w * prm[2]
+    for a in range(L - 1, -1, -1):
+        v = x[a] - w * pos[a]
+        if a == L - 1 or v >= run:
+            run = v
+        m = lv[a]
+        rv = run + w * pos[a]
+        if rv > m:
+            m = rv
+        if trunc > m:
+            m = trunc
+        out[a] = m
+
+
+@njit(**_JIT)
 def _potts_lse(x, out, w, prm, L):
     """Log-sum-exp Potts step (``w >= 0``): ``g logaddexp(x/g + log(1 - e^{-w/g}), (smax(x) - w)/g)``."""
     g, ig = prm[0], prm[1]
@@ -295,7 +322,7 @@ def _step(fast, x, out, tab, s, w, rev, prm, pos, L, sc, isc):
     """One message step of the chain DP (see :func:`_dense_step`); ``w`` the edge's weight
     (truncated-linear fast paths), ``sc [4, L]`` / ``isc [2, L]`` scratch."""
     if fast == TL_MAX:
-        _dt_max(x, out, isc[0], w, prm, pos, L, sc[3], isc[1])
+        _dt_max_values(x, out, w, prm, pos, L, sc[3])
     elif fast == POTTS_LSE:
         _potts_lse(x, out, w, prm, L)
     else:
