@@ -125,7 +125,8 @@ def _group_contributions(g: ChainGroup, labels: torch.Tensor, L: int) -> tuple[t
     C, n = nodes.shape
     valid = nodes >= 0
     lab = labels[nodes.clamp(min=0)]
-    out = torch.zeros(C, n, L, dtype=g.pairwise.weight.dtype if g.pairwise.weight is not None else g.pairwise.tables.dtype, device=nodes.device)
+    dtype = g.pairwise.weight.dtype if g.pairwise.weight is not None else g.pairwise.tables.dtype
+    out = torch.zeros(C, n, L, dtype=dtype, device=nodes.device)
     if n > 1:
         edge_ok = valid[:, 1:]
         col = g.pairwise.column(lab[:, 1:], L) * edge_ok[..., None]  # left node's view

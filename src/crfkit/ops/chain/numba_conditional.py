@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .numba import AVAILABLE, DENSE, TRUNCATED, WEIGHTED, _unpack, njit
+from .numba import AVAILABLE, DENSE, WEIGHTED, _unpack, njit
 
 __all__ = ["AVAILABLE", "conditional_scores", "chain_local_scores"]
 
