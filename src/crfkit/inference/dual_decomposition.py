@@ -147,10 +147,16 @@ class DualDecomposition:
 
     def node_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over the slots of each node, broadcast back to slots: ``[S, L] -> [S, L]``."""
+        if _inplace():
+            return self.node_sum(x).div_(self.count[:, None]).index_select(0, self.slot_node)
         return (self.node_sum(x) / self.count[:, None]).index_select(0, self.slot_node)
 
-    def project(self, lam: torch.Tensor) -> torch.Tensor:
-        """Remove the directions that change nothing: zero sum over each node's slots, zero mean over labels."""
+    def project(self, lam: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+        """Remove the directions that change nothing: zero sum over each node's slots, zero mean over labels.
+        ``overwrite``: ``lam`` may be modified in place (a temporary; only without autograd)."""
+        if overwrite and _inplace():
+            lam = lam.sub_(self.node_mean(lam))
+            return lam.sub_(lam.mean(dim=1, keepdim=True))
         lam = lam - self.node_mean(lam)
         return lam - lam.mean(dim=1, keepdim=True)
 
@@ -201,6 +207,8 @@ class DualDecomposition:
     def direction(self, mu: torch.Tensor) -> torch.Tensor:
         """Eq. (19)/(42) without the step: ``μ_i^t − mean_{t'} μ_i^{t'}`` (label mean removed)."""
         d = mu - self.node_mean(mu)
+        if _inplace():
+            return d.sub_(d.mean(dim=1, keepdim=True))
         return d - d.mean(dim=1, keepdim=True)
 
     def node_beliefs(self, mu: torch.Tensor) -> torch.Tensor:
@@ -222,10 +230,15 @@ class DualDecomposition:
 
         Returns ``(λ, μ, dual, accepted [B] or None)``.
         """
-        lam_new = lam - alpha * self.direction(mu)
-        if extra is not None:
-            lam_new = lam_new + extra
-        lam_new = self.project(lam_new)
+        if _inplace():  # the same arithmetic on fewer fresh [S, L] arrays (allocation is 4x a pass here)
+            lam_new = lam - self.direction(mu).mul_(alpha)
+            if extra is not None:
+                lam_new.add_(extra)
+        else:
+            lam_new = lam - alpha * self.direction(mu)
+            if extra is not None:
+                lam_new = lam_new + extra
+        lam_new = self.project(lam_new, overwrite=True)
         mu_new, dual_new = self.evaluate(lam_new, gamma)
         if not check:
             return lam_new, mu_new, dual_new, None
@@ -236,6 +249,12 @@ class DualDecomposition:
             return lam_new, mu_new, dual_new, ok
         take = ok[self.slot_batch][:, None]
         return torch.where(take, lam_new, lam), torch.where(take, mu_new, mu), torch.where(ok, dual_new, dual), ok
+
+
+def _inplace() -> bool:
+    """Whether the loop may update its temporaries in place: autograd off (solve_map; the layer,
+    which differentiates through the loop, keeps the out-of-place ops)."""
+    return not torch.is_grad_enabled()
 
 
 class _NodeSum:
@@ -263,7 +282,9 @@ class _NodeSum:
             out = x.index_select(0, self.cols[0][1])
             cols = self.cols[1:]
         for nodes, slots in cols:
-            if nodes is None:
+            if nodes is None and _inplace():
+                out.add_(x.index_select(0, slots))
+            elif nodes is None:
                 out = out + x.index_select(0, slots)
             else:
                 out = out.index_add(0, nodes, x.index_select(0, slots))
@@ -371,7 +392,7 @@ def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = N
         if use_momentum:
             # heavy-ball extrapolation, restarted whenever a step is undone (adaptive restart)
             beta = (run / (run + 1.0)).clamp(max=0.9).to(lam.dtype)[dd.slot_batch, None]
-            extra = beta * (lam - lam_prev)
+            extra = (lam - lam_prev).mul_(beta)
         lam_old = lam
         # adaptive: accept where the objective did not rise; the paper's step is monotone by the
         # theorem, so it is always accepted
