@@ -43,6 +43,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # 15 us with 1).  ``CRFKIT_TEST_THREADS`` overrides.
 torch.set_num_threads(int(os.environ.get("CRFKIT_TEST_THREADS", "1")))
 
+# The chain kernels run on the torch path in the suite: the compiled (numba) CPU default costs
+# minutes of compilation in a fresh environment (no on-disk cache yet). ``test_chain_numba.py``
+# exercises the numba kernels explicitly, and one end-to-end test there runs ``solve_map`` with
+# the real default. ``CRFKIT_CHAIN_IMPL=numba pytest ...`` runs the whole suite on numba.
+os.environ.setdefault("CRFKIT_CHAIN_IMPL", "torch")
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

@@ -9,6 +9,7 @@ fallbacks (negative weights, log-sum-exp with truncation > 1).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,11 @@ CASES = [
 ]
 IDS = [f"{k}-{t}-{s}" for k, t, s in CASES]
 DTYPES = [torch.float64, torch.float32]
+# Compilation is the cost of this file in a fresh environment (no numba cache: ~50 s per kernel
+# and dtype on a loaded 2-core machine). float32 compiles the forward kernel only (values,
+# marginals, Viterbi: what solve_map runs); the backward is compiled and checked in float64 (its
+# code does not depend on the dtype). ``CRFKIT_TEST_NUMBA_F32_BACKWARD=1`` adds float32 there.
+GRAD_DTYPES = [torch.float64] + ([torch.float32] if os.environ.get("CRFKIT_TEST_NUMBA_F32_BACKWARD") else [])
 
 
 def make_chains(rng, C, n, L, kind, truncation=None, sign=1, lengths=None):
@@ -106,7 +112,7 @@ def test_against_enumeration(case, gamma, dtype):
         np.testing.assert_allclose(score, chain_brute(uq[c, :m], fq[c, : m - 1], 0.0)[0], **tol(dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype", GRAD_DTYPES, ids=["f64", "f32"][: len(GRAD_DTYPES)])
 @pytest.mark.parametrize("gamma", [0.0, 0.05, 1.0])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_matches_reference_forward_and_backward(case, gamma, dtype):
@@ -237,6 +243,20 @@ def test_threads_setting(monkeypatch):
         nb.num_threads()
 
 
+def test_kernels_leave_torch_threads_alone(monkeypatch):
+    """numba's OpenMP layer shares the runtime with torch: a kernel on 1 numba thread must not
+    change torch's thread count."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CRFKIT_NUM_THREADS", "1")
+    try:
+        torch.set_num_threads(2)
+        pw = ChainPairwise("truncated_linear", weight=torch.ones(2, 2, dtype=torch.float64), truncation=1.0)
+        nb.chain_values_numba(torch.zeros(2, 3, 4, dtype=torch.float64), pw, torch.tensor([3, 3]), 0.0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_imports_without_numba():
     """With numba unimportable the module still imports and says AVAILABLE = False."""
     code = (
@@ -251,9 +271,147 @@ def test_imports_without_numba():
         "except RuntimeError as e:\n"
         "    print('refused:', e)\n"
     )
-    import os
-
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "refused: numba is not importable" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend in the dispatcher (the suite runs on the torch path: see conftest.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_smoothed_max_over_tables_goes_to_torch(monkeypatch):
+    """The dispatcher's routing: with the numba default, the smoothed max over tables runs the
+    torch path (its saved-for-backward class), the max and the Potts closed form run numba."""
+    from crfkit.ops.chain import chain_marginals
+
+    monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+    u = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    lens = torch.tensor([4, 3])
+    dense = ChainPairwise("dense", tables=torch.randn(2, 3, 3, 3, dtype=torch.float64))
+    potts = ChainPairwise("truncated_linear", weight=torch.rand(2, 3, dtype=torch.float64), truncation=1.0)
+    for pw, gamma, compiled in ((dense, 0.5, False), (dense, 0.0, True), (potts, 0.5, True)):
+        m, _ = chain_marginals(u, pw, lens, gamma)
+        assert ("Numba" in type(m.grad_fn).__name__) == compiled
+        m0, _ = chain_marginals_reference(u, pw, lens, gamma)
+        torch.testing.assert_close(m, m0)
+
+
+def test_numba_is_the_cpu_default(monkeypatch):
+    """With ``CRFKIT_CHAIN_IMPL`` unset, CPU tensors go to numba; ``=torch`` forces the torch path."""
+    from crfkit.ops.chain import choose_implementation
+
+    u = torch.zeros(2, 3, 4)
+    monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+    assert choose_implementation(u) == "numba"
+    monkeypatch.setenv("CRFKIT_CHAIN_IMPL", "torch")
+    assert choose_implementation(u) == "torch"
+
+
+@pytest.mark.parametrize("form", ["tl", "potts", "weighted"])
+def test_solve_map_with_the_numba_default_matches_torch(monkeypatch, form):
+    """End to end, the real CPU default (numba: marginals, certificate values, ICM's Viterbi) gives
+    the torch path's labelling, score and certificate on a small grid; the certificate bounds
+    the exact optimum (enumeration) from above and the labelling's score from below."""
+    import crfkit
+    from helpers import all_scores, random_spec, spec_to_crf
+
+    rng = np.random.default_rng(8)
+    spec = random_spec(rng, 2, 3, 3, 3, offsets=((0, 1), (1, 0), (1, 1)), forms=[form] * 3)
+    crf = spec_to_crf(spec)
+    out = {}
+    for impl in ("torch", None):
+        if impl is None:
+            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+        else:
+            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        out[impl] = crfkit.solve_map(crf, iters=40, gamma=0.0, decode_every=10)
+    t, n = out["torch"], out[None]
+    assert torch.equal(n.labels, t.labels)
+    torch.testing.assert_close(n.primal, t.primal, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(n.dual, t.dual, rtol=1e-9, atol=1e-9)
+    best = all_scores(spec)[0].max(axis=1)
+    assert np.all(n.primal.numpy() <= best + 1e-9) and np.all(best <= n.dual.numpy() + 1e-9)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_layer_gradients_with_the_numba_default(monkeypatch, gamma):
+    """The layer's backward runs through the numba kernels by default (the max; the smoothed max
+    goes to torch for tables, so gamma = 0.5 checks that routing): same output and gradients
+    (unary and pairwise tables) as the torch path."""
+    from crfkit.nn import DualDecompositionCRF
+    from helpers import random_spec, spec_tables
+
+    rng = np.random.default_rng(4)
+    spec = random_spec(rng, 2, 3, 4, 4, offsets=((0, 1), (1, 0)), forms=["dense", "dense"])
+    layer = DualDecompositionCRF(num_iters=3, gamma=gamma, offsets=((0, 1), (1, 0)))
+    w = torch.tensor(rng.normal(size=spec.unary.shape))
+    res = {}
+    for impl in ("torch", None):
+        if impl is None:
+            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+        else:
+            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        unary = torch.tensor(spec.unary, requires_grad=True)
+        tables = [torch.tensor(t, requires_grad=True) for t in spec_tables(spec)]
+        logits = layer(unary, tables)
+        res[impl] = (logits.detach(), torch.autograd.grad((logits * w).sum(), [unary, *tables]))
+    (lt, gt), (ln, gn) = res["torch"], res[None]
+    torch.testing.assert_close(ln, lt, rtol=1e-9, atol=1e-9)
+    for a, b in zip(gn, gt):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_falls_back_to_torch_without_numba_and_warns_once():
+    """numba unimportable: the CPU default is the torch path (values and gradients equal to the
+    reference), with exactly one warning for the whole process."""
+    code = (
+        "import sys, warnings; sys.modules['numba'] = None\n"
+        "import torch\n"
+        "from crfkit.decomposition.chains import ChainPairwise\n"
+        "from crfkit.ops.chain import chain_marginals, chain_marginals_reference, choose_implementation\n"
+        "torch.manual_seed(0)\n"
+        "pw = ChainPairwise('dense', tables=torch.randn(2, 2, 3, 3, dtype=torch.float64))\n"
+        "lens = torch.tensor([3, 2])\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for _ in range(3):\n"
+        "        u = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)\n"
+        "        m, v = chain_marginals(u, pw, lens, 0.5)\n"
+        "        (g,) = torch.autograd.grad(v.sum() + m.square().sum(), u)\n"
+        "        m0, v0 = chain_marginals_reference(u, pw, lens, 0.5)\n"
+        "        (g0,) = torch.autograd.grad(v0.sum() + m0.square().sum(), u)\n"
+        "        torch.testing.assert_close(m, m0); torch.testing.assert_close(g, g0)\n"
+        "print('warnings', sum('numba' in str(w.message) for w in seen))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CRFKIT_CHAIN_IMPL"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "warnings 1" in out.stdout
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_compiled_icm_matches_torch(monkeypatch, dtype):
+    """Chain-wise ICM with the compiled conditioning (numba default) gives the torch version's
+    labels on a grid with every pairwise form and stride-2 offsets, and never lowers the score."""
+    from crfkit.decomposition.grid import grid_chain_problem
+    from crfkit.inference.decoding import ProblemEdges, chain_icm, problem_score
+    from helpers import random_spec, spec_to_crf
+
+    rng = np.random.default_rng(6)
+    spec = random_spec(rng, 2, 4, 6, 7, offsets=((0, 1), (1, 0), (0, 2), (2, 0)),
+                       forms=["dense", "weighted", "potts", "tl"])
+    problem = grid_chain_problem(spec_to_crf(spec, dtype=dtype))
+    start = problem.unary.argmax(1)
+    out = {}
+    for impl in ("torch", None):
+        if impl is None:
+            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+        else:
+            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        out[impl] = chain_icm(problem, start, ProblemEdges(problem), sweeps=2)
+    assert torch.equal(out[None], out["torch"])
+    assert torch.all(problem_score(problem, out[None]) >= problem_score(problem, start))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..decomposition.chains import ChainGroup, ChainProblem
-from ..ops.chain.torch import chain_viterbi_torch
+from ..ops.chain import chain_viterbi, choose_implementation
 
 __all__ = ["ProblemEdges", "decode_argmax", "chain_icm", "problem_score"]
 
@@ -125,7 +125,8 @@ def _group_contributions(g: ChainGroup, labels: torch.Tensor, L: int) -> tuple[t
     C, n = nodes.shape
     valid = nodes >= 0
     lab = labels[nodes.clamp(min=0)]
-    out = torch.zeros(C, n, L, dtype=g.pairwise.weight.dtype if g.pairwise.weight is not None else g.pairwise.tables.dtype, device=nodes.device)
+    dtype = g.pairwise.weight.dtype if g.pairwise.weight is not None else g.pairwise.tables.dtype
+    out = torch.zeros(C, n, L, dtype=dtype, device=nodes.device)
     if n > 1:
         edge_ok = valid[:, 1:]
         col = g.pairwise.column(lab[:, 1:], L) * edge_ok[..., None]  # left node's view
@@ -164,9 +165,28 @@ def problem_score(problem: ChainProblem, labels: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def _compiled_conditioning(problem: ChainProblem):
+    """The compiled conditioning module when the chain kernels run on numba here (CPU float32 or
+    float64 scores, known chain forms), else ``None`` (the torch version below)."""
+    unary = problem.unary
+    if unary.dtype not in (torch.float32, torch.float64) or choose_implementation(unary) != "numba":
+        return None
+    if any(getattr(g.pairwise, "kind", None) not in ("dense", "weighted", "truncated_linear") for g in problem.groups):
+        return None
+    from ..ops.chain import numba_conditional
+
+    return numba_conditional if numba_conditional.AVAILABLE else None
+
+
 @torch.no_grad()
 def chain_icm(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int = 2) -> torch.Tensor:
-    """Improve flat labels ``[V]`` by ``sweeps`` rounds of exact chain updates (never lowers the score)."""
+    """Improve flat labels ``[V]`` by ``sweeps`` rounds of exact chain updates (never lowers the score).
+
+    On the CPU with the compiled chain kernels, the conditioned scores are computed by
+    :mod:`crfkit.ops.chain.numba_conditional` (one fused pass per group); otherwise by torch ops."""
+    compiled = _compiled_conditioning(problem)
+    if compiled is not None:
+        return _chain_icm_compiled(problem, labels, edges, sweeps, compiled)
     labels = labels.clone()
     for _ in range(sweeps):
         changed = False
@@ -179,7 +199,30 @@ def chain_icm(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, 
                 local = cond[nodes.clamp(min=0)] - contrib[chains]
                 local = local * v[..., None]
                 sub = g.pairwise.select(chains)
-                new = chain_viterbi_torch(local, sub, g.lengths[chains])
+                new = chain_viterbi(local, sub, g.lengths[chains])
+                old = labels[nodes[v]]
+                if not torch.equal(old, new[v]):
+                    changed = True
+                labels[nodes[v]] = new[v]
+        if not changed:
+            break
+    return labels
+
+
+def _chain_icm_compiled(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int,
+                        nc) -> torch.Tensor:
+    """:func:`chain_icm` with the conditioned scores from the compiled module ``nc``."""
+    labels = labels.clone()
+    groups = nc.groups_of(problem, problem.unary.dtype)
+    for _ in range(sweeps):
+        changed = False
+        for gi, g in enumerate(problem.groups):
+            for chains in edges.chain_colours[gi]:
+                cond = nc.conditional_scores(problem.unary, groups, labels)
+                local = nc.chain_local_scores(cond, groups[gi], chains, labels)
+                nodes = g.nodes[chains]
+                v = nodes >= 0
+                new = chain_viterbi(local, g.pairwise.select(chains), g.lengths[chains])
                 old = labels[nodes[v]]
                 if not torch.equal(old, new[v]):
                     changed = True

@@ -6,19 +6,26 @@ One operation, one signature for every implementation::
 
 - ``reference``: plain loops, dense tables, autograd (obviously correct, slow);
 - ``torch``: vectorised over chains and labels, hand-written backward (CPU and any device);
-- ``triton``: GPU kernels (CUDA tensors, Triton installed).
+- ``triton``: GPU kernels (CUDA tensors, Triton installed);
+- ``numba``: compiled CPU kernels (:mod:`.numba`), the default on CPU tensors when numba is
+  importable (float32/float64; the max, and the smoothed max of Potts forms; the rest, where
+  torch is as fast or faster, goes to ``torch``: see ``_numba_covers``).
 
 Backends are entries of :data:`BACKENDS` (name -> :class:`Backend`): a function with the
 signature above (plus ``allow_sync``), whether it can run now, and on which tensors it is the
-default. Adding one is one module plus one :func:`register_backend` call below (a compiled
-CPU backend registers as ``"numba"``, preferred on CPU tensors when importable: see the
-marked place). ``CRFKIT_CHAIN_IMPL=<name>`` forces one; by default the first registered
-backend that is available and prefers the tensors wins, else ``"torch"``.
+default. Adding one is one module plus one :func:`register_backend` call below.
+``CRFKIT_CHAIN_IMPL=<name>`` forces one (``CRFKIT_CHAIN_IMPL=torch``: the torch path on the CPU
+too); by default the first registered backend that is available and prefers the tensors wins,
+else ``"torch"``. Where numba is missing the CPU default is ``torch``, with one warning.
+
+:func:`chain_values` (the value only, no marginals) and :func:`chain_viterbi` (a maximising
+labelling) dispatch the same way; a backend without them uses the torch path's.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +39,8 @@ from .reference import chain_marginals_reference, smooth_max
 
 __all__ = [
     "chain_marginals",
+    "chain_values",
+    "chain_viterbi",
     "chain_marginals_reference",
     "smooth_max",
     "IMPLEMENTATIONS",
@@ -48,12 +57,17 @@ class Backend:
 
     ``load()`` returns ``fn(unary, pairwise, lengths, gamma, *, allow_sync) -> (marginals, value)``
     (imported lazily); ``available()`` says whether it can run here; ``prefers(unary)`` whether it
-    is the default for these tensors (checked in registration order)."""
+    is the default for these tensors (checked in registration order). ``load_values()`` /
+    ``load_viterbi()`` (optional) return ``fn(unary, pairwise, lengths, gamma, *, allow_sync) ->
+    value [C]`` and ``fn(unary, pairwise, lengths, *, allow_sync) -> labels [C, n]``; ``None``:
+    the torch path's."""
 
     name: str
     load: Callable[[], Callable]
     available: Callable[[], bool] = lambda: True
     prefers: Callable[[torch.Tensor], bool] = lambda unary: False
+    load_values: Callable[[], Callable] | None = None
+    load_viterbi: Callable[[], Callable] | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -98,13 +112,105 @@ def _triton_available() -> bool:
         return False
 
 
+def _load_torch_values():
+    from .torch import chain_values_torch
+
+    return chain_values_torch
+
+
+def _load_torch_viterbi():
+    from .torch import chain_viterbi_torch
+
+    return chain_viterbi_torch
+
+
+_NUMBA_WARNED = [False]
+# (``torch`` itself is not read at run time in this module: importing the ``.torch`` submodule
+# rebinds the package attribute of that name)
+_NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
+def _numba_available() -> bool:
+    """Whether the compiled CPU kernels can run; the first ``False`` warns (once per process)."""
+    try:
+        from . import numba as _nb
+
+        ok = _nb.AVAILABLE
+    except Exception:  # pragma: no cover - depends on the environment
+        ok = False
+    if not ok and not _NUMBA_WARNED[0]:
+        _NUMBA_WARNED[0] = True
+        warnings.warn(
+            "crfkit: numba is not importable, the chain kernels on the CPU use the (slower) torch path; "
+            "install numba for the compiled kernels",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ok
+
+
+def _numba_covers(unary: torch.Tensor, pairwise: ChainPairwise, gamma: float = 0.0, allow_sync: bool = True) -> bool:
+    """The cases the compiled kernels run (forward and backward); the rest go to the torch path:
+    other dtypes or devices, forms they do not know, torch.compile tracing, numba missing, and
+    the smoothed max (``gamma > 0``) over ``L x L`` tables, where the compiled loop is exp-bound and
+    slower than torch's vectorised exp (``benchmarks/README.md``: 0.4-0.8x); the smoothed max of
+    a Potts form (closed form, ``O(L)``) stays compiled."""
+    if not (
+        unary.device.type == "cpu"
+        and unary.dtype in _NUMBA_DTYPES
+        and getattr(pairwise, "kind", None) in ("dense", "weighted", "truncated_linear")
+        and not _is_compiling()
+        and _numba_available()
+    ):
+        return False
+    return gamma == 0.0 or pairwise.fast_path(gamma, allow_sync) is not None
+
+
+def _load_numba():
+    from . import numba as nb
+    from .torch import chain_marginals_torch
+
+    def run(unary, pairwise, lengths, gamma, *, allow_sync=True):
+        if not _numba_covers(unary, pairwise, gamma, allow_sync):
+            return chain_marginals_torch(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+        return nb.chain_marginals_numba(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+
+    return run
+
+
+def _load_numba_values():
+    from . import numba as nb
+    from .torch import chain_values_torch
+
+    def run(unary, pairwise, lengths, gamma, *, allow_sync=True):
+        if not _numba_covers(unary, pairwise, gamma, allow_sync):
+            return chain_values_torch(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+        return nb.chain_values_numba(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+
+    return run
+
+
+def _load_numba_viterbi():
+    from . import numba as nb
+    from .torch import chain_viterbi_torch
+
+    def run(unary, pairwise, lengths, *, allow_sync=True):
+        if not _numba_covers(unary, pairwise):
+            return chain_viterbi_torch(unary, pairwise, lengths, allow_sync=allow_sync)
+        return nb.chain_viterbi_numba(unary, pairwise, lengths, allow_sync=allow_sync)
+
+    return run
+
+
 register_backend(Backend("reference", lambda: _reference))
-register_backend(Backend("torch", _load_torch))
+register_backend(Backend("torch", _load_torch, load_values=_load_torch_values, load_viterbi=_load_torch_viterbi))
 register_backend(
     Backend("triton", _load_triton, _triton_available, lambda unary: unary.is_cuda and _triton_available())
 )
-# The compiled CPU backend goes here, one entry (its module: ops/chain/numba.py):
-#   register_backend(Backend("numba", _load_numba, _numba_available, lambda unary: unary.device.type == "cpu"))
+register_backend(
+    Backend("numba", _load_numba, _numba_available, lambda unary: unary.device.type == "cpu",
+            load_values=_load_numba_values, load_viterbi=_load_numba_viterbi)
+)
 
 #: names of the registered implementations (kept for callers that list them)
 IMPLEMENTATIONS = tuple(BACKENDS)
@@ -154,3 +260,36 @@ def chain_marginals(
     gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync)
     fn = BACKENDS[choose_implementation(unary, implementation)].load()
     return fn(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+
+
+def chain_values(
+    unary: torch.Tensor,
+    pairwise: ChainPairwise,
+    lengths: torch.Tensor,
+    gamma: float,
+    *,
+    implementation: str | None = None,
+    validate_args: bool = True,
+) -> torch.Tensor:
+    """Only the (smoothed) max of each chain, ``value [C]`` (one pass of messages, no grad);
+    arguments as :func:`chain_marginals`."""
+    allow_sync = bool(validate_args) and not _is_compiling()
+    gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync)
+    load = BACKENDS[choose_implementation(unary, implementation)].load_values or _load_torch_values
+    return load()(unary, pairwise, lengths, gamma, allow_sync=allow_sync)  # no grad: the loaders' own
+
+
+def chain_viterbi(
+    unary: torch.Tensor,
+    pairwise: ChainPairwise,
+    lengths: torch.Tensor,
+    *,
+    implementation: str | None = None,
+    validate_args: bool = True,
+) -> torch.Tensor:
+    """A maximising labelling of each chain, ``labels [C, n]`` long (``0`` on padding); arguments
+    as :func:`chain_marginals`."""
+    allow_sync = bool(validate_args) and not _is_compiling()
+    check_chain_inputs(unary, pairwise, lengths, 0.0, check_lengths=allow_sync)
+    load = BACKENDS[choose_implementation(unary, implementation)].load_viterbi or _load_torch_viterbi
+    return load()(unary, pairwise, lengths, allow_sync=allow_sync)

@@ -29,11 +29,11 @@ Pairwise forms (read through :func:`_unpack`, the one place that knows ``ChainPa
   once per call for all chains, as in :mod:`.torch`.
 
 Threads: numba's own pool, set before every call to ``CRFKIT_NUM_THREADS`` when it is set (capped
-at numba's pool size, ``NUMBA_NUM_THREADS``), otherwise **1**. On a shared 2-core machine one
+at numba's pool size, ``NUMBA_NUM_THREADS``), otherwise **1**; torch's thread count is put back
+after every kernel (numba's OpenMP layer shares it). On a shared 2-core machine one
 thread is never the slow choice (oversubscription made torch's default threads 17x slower than
 one); the chains are independent, so ``CRFKIT_NUM_THREADS=2`` speeds up an idle 2-core machine
-(see ``benchmarks/bench_chain.py``, which measures 1 vs 2 threads). torch's own thread setting is
-not touched.
+(see ``benchmarks/bench_chain.py``, which measures 1 vs 2 threads).
 
 Compilation: ``cache=True`` (numba's on-disk cache next to this file, or ``NUMBA_CACHE_DIR``);
 two kernels (forward, backward) plus one small Viterbi-free helper, each specialised for float32
@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ..._validation import CRFTypeError, CRFValueError
+from ...models.chain_pairwise import DISTANCE_TRANSFORM, POTTS_CLOSED_FORM
 
 try:  # pragma: no cover - depends on the environment
     import numba
@@ -238,6 +239,33 @@ def _dt_max(x, out, arg, w, prm, pos, L, lv, li):
 
 
 @njit(**_JIT)
+def _dt_max_values(x, out, w, prm, pos, L, lv):
+    """:func:`_dt_max` without the arg-max bookkeeping (the forward messages): the same
+    comparisons, so the same values bit for bit."""
+    run = x[0]
+    top = x[0]
+    for a in range(L):
+        v = x[a] + w * pos[a]
+        if a == 0 or v >= run:
+            run = v
+        lv[a] = run - w * pos[a]
+        if x[a] > top:
+            top = x[a]
+    trunc = top - w * prm[2]
+    for a in range(L - 1, -1, -1):
+        v = x[a] - w * pos[a]
+        if a == L - 1 or v >= run:
+            run = v
+        m = lv[a]
+        rv = run + w * pos[a]
+        if rv > m:
+            m = rv
+        if trunc > m:
+            m = trunc
+        out[a] = m
+
+
+@njit(**_JIT)
 def _potts_lse(x, out, w, prm, L):
     """Log-sum-exp Potts step (``w >= 0``): ``g logaddexp(x/g + log(1 - e^{-w/g}), (smax(x) - w)/g)``."""
     g, ig = prm[0], prm[1]
@@ -294,7 +322,7 @@ def _step(fast, x, out, tab, s, w, rev, prm, pos, L, sc, isc):
     """One message step of the chain DP (see :func:`_dense_step`); ``w`` the edge's weight
     (truncated-linear fast paths), ``sc [4, L]`` / ``isc [2, L]`` scratch."""
     if fast == TL_MAX:
-        _dt_max(x, out, isc[0], w, prm, pos, L, sc[3], isc[1])
+        _dt_max_values(x, out, w, prm, pos, L, sc[3])
     elif fast == POTTS_LSE:
         _potts_lse(x, out, w, prm, L)
     else:
@@ -550,6 +578,30 @@ def _backward(form, fast, unary, tabs, weight, prm, pos, lengths, f, g, dmarg, d
 # ---------------------------------------------------------------------------------------------
 
 
+def _fast_code(pairwise, form: int, gamma: float, allow_sync: bool) -> int:
+    """The kernels' code of the form's O(L) path (:meth:`ChainPairwise.fast_path`, the decision the
+    torch path makes: a weight sign not known without a host read takes the tables when ``not
+    allow_sync``), :data:`SLOW` for the table loop."""
+    if form != TRUNCATED:
+        return SLOW
+    return {DISTANCE_TRANSFORM: TL_MAX, POTTS_CLOSED_FORM: POTTS_LSE}.get(pairwise.fast_path(gamma, allow_sync), SLOW)
+
+
+class _threads:
+    """Run a kernel on :func:`num_threads` numba threads, then give torch its own thread count back:
+    numba's OpenMP threading layer shares the OpenMP runtime with torch, so setting numba's
+    threads also set torch's (seen: torch at 3 threads came back at 1)."""
+
+    def __enter__(self):
+        self.torch_threads = torch.get_num_threads()
+        numba.set_num_threads(num_threads())
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        return False
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -558,14 +610,13 @@ class _Launch:
     """The numpy views, flags and scratch of one call (built on the host, no copies of contiguous
     inputs except the weighted table, made contiguous once, and the per-call ``[L, L]`` distance table)."""
 
-    def __init__(self, unary, form, tables, weight, truncation, lengths, gamma):
+    def __init__(self, unary, form, tables, weight, truncation, lengths, gamma, fast):
         if unary.device.type != "cpu":
             raise CRFValueError(f"expected CPU tensors for the numba chain kernels, got unary on {unary.device}")
         if unary.dtype not in (torch.float32, torch.float64):
             raise CRFTypeError(f"expected unary of dtype float32 or float64, got {unary.dtype}")
         if not AVAILABLE:
             raise RuntimeError("numba is not importable: use the torch chain implementation")
-        numba.set_num_threads(num_threads())
         C, n, L = unary.shape
         dt = unary.dtype
         self.C, self.n, self.L, self.dtype = C, n, L, dt
@@ -587,13 +638,7 @@ class _Launch:
             dist = (idx[:, None] - idx[None, :]).abs().clamp(max=float(truncation))
             self.tabs = _np(dist).reshape(1, 1, L, L)
             self.weight = _np(weight.to(dt)) if n > 1 else np.zeros((C, 1), dtype=self.unary.dtype)
-        self.fast = SLOW
-        if form == TRUNCATED:
-            nonneg = bool((weight >= 0).all()) if weight.numel() else True
-            if gamma == 0.0 and nonneg:
-                self.fast = TL_MAX
-            elif gamma > 0.0 and float(truncation) <= 1.0 and nonneg:
-                self.fast = POTTS_LSE
+        self.fast = fast
         floor = -80.0 if dt == torch.float32 else -700.0
         inv = 1.0 / gamma if gamma > 0 else 0.0
         self.prm = np.array([gamma, inv, float(truncation), floor], dtype=self.unary.dtype)
@@ -611,25 +656,26 @@ class _Launch:
         marg = np.zeros((C, n, L), dtype=self.unary.dtype) if mode == MARGINALS else self.empty3()
         labels = np.zeros((C, n) if mode == VITERBI else (0, 0), dtype=np.int64)
         value = np.zeros(C, dtype=self.unary.dtype)
-        _forward(mode, self.form, self.fast, self.unary, self.tabs, self.weight, self.prm, self.pos, self.lengths,
-                 f, g, marg, value, labels, self.sc, self.isc)
+        with _threads():
+            _forward(mode, self.form, self.fast, self.unary, self.tabs, self.weight, self.prm, self.pos,
+                     self.lengths, f, g, marg, value, labels, self.sc, self.isc)
         return f, g, marg, value, labels
 
 
 class _ChainMarginalsNumba(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, unary, tables, weight, lengths, gamma, form, truncation):
-        launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma)
+    def forward(ctx, unary, tables, weight, lengths, gamma, form, truncation, fast):
+        launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma, fast)
         f, g, marg, value, _ = launch.forward(MARGINALS)
         ctx.save_for_backward(unary, tables, weight, lengths, torch.from_numpy(f), torch.from_numpy(g))
-        ctx.gamma, ctx.form, ctx.truncation = gamma, form, truncation
+        ctx.gamma, ctx.form, ctx.truncation, ctx.fast = gamma, form, truncation, fast
         return torch.from_numpy(marg), torch.from_numpy(value)
 
     @staticmethod
     def backward(ctx, d_marg, d_value):
         unary, tables, weight, lengths, f, g = ctx.saved_tensors
         form = ctx.form
-        launch = _Launch(unary, form, tables, weight, ctx.truncation, lengths, ctx.gamma)
+        launch = _Launch(unary, form, tables, weight, ctx.truncation, lengths, ctx.gamma, ctx.fast)
         C, n, L = launch.C, launch.n, launch.L
         npdt = launch.unary.dtype
         dm = _np(d_marg.to(unary.dtype)) if d_marg is not None else np.zeros((C, n, L), dtype=npdt)
@@ -638,8 +684,9 @@ class _ChainMarginalsNumba(torch.autograd.Function):
         want_dtab = form != TRUNCATED and ctx.needs_input_grad[1]
         dtabs = np.zeros(launch.tabs.shape if want_dtab else (C, 1, 1, 1), dtype=npdt)
         dw = np.zeros(launch.weight.shape, dtype=npdt)
-        _backward(form, launch.fast, launch.unary, launch.tabs, launch.weight, launch.prm, launch.pos,
-                  launch.lengths, _np(f), _np(g), dm, dv, du, dtabs, dw, want_dtab, launch.sc, launch.isc)
+        with _threads():
+            _backward(form, launch.fast, launch.unary, launch.tabs, launch.weight, launch.prm, launch.pos,
+                      launch.lengths, _np(f), _np(g), dm, dv, du, dtabs, dw, want_dtab, launch.sc, launch.isc)
         d_unary = torch.from_numpy(du)
         d_tables = d_weight = None
         if want_dtab:
@@ -648,7 +695,7 @@ class _ChainMarginalsNumba(torch.autograd.Function):
             d_tables = dt.to(tables.dtype)
         if weight is not None and ctx.needs_input_grad[2]:
             d_weight = torch.from_numpy(dw[:, : weight.shape[1]]).to(weight.dtype)
-        return d_unary, d_tables, d_weight, None, None, None, None
+        return d_unary, d_tables, d_weight, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,33 +704,44 @@ class _ChainMarginalsNumba(torch.autograd.Function):
 
 
 def chain_marginals_numba(
-    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float, *, allow_sync: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Smoothed) max-marginals of a batch of chains; see :func:`crfkit.ops.chain.chain_marginals`.
 
     Args:
         unary: ``[C, n, L]`` float32/float64 on the CPU; pairwise: :class:`ChainPairwise`;
         lengths: ``[C]`` long, ``1 <= lengths <= n``; gamma: ``0`` (max) or ``> 0`` (smoothed max).
+        allow_sync: may read the weights' sign to pick a fast path (``False``: a form whose sign
+            is not known takes the exact table loop), as the torch path.
 
     Returns:
         ``marginals [C, n, L]`` (zero on padding), ``value [C]``; differentiable with respect to
         ``unary`` and the pairwise tensors.
     """
     form, tables, weight, truncation = _unpack(pairwise)
-    return _ChainMarginalsNumba.apply(unary, tables, weight, lengths, float(gamma), form, truncation)
+    gamma = float(gamma)
+    fast = _fast_code(pairwise, form, gamma, allow_sync)
+    return _ChainMarginalsNumba.apply(unary, tables, weight, lengths, gamma, form, truncation, fast)
 
 
 @torch.no_grad()
-def chain_values_numba(unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float) -> torch.Tensor:
+def chain_values_numba(
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float, *, allow_sync: bool = True
+) -> torch.Tensor:
     """Only the (smoothed) max of each chain, ``[C]``: one pass of messages, no marginals, no grad."""
     form, tables, weight, truncation = _unpack(pairwise)
-    launch = _Launch(unary, form, tables, weight, truncation, lengths, float(gamma))
+    gamma = float(gamma)
+    launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma,
+                     _fast_code(pairwise, form, gamma, allow_sync))
     return torch.from_numpy(launch.forward(VALUES)[3])
 
 
 @torch.no_grad()
-def chain_viterbi_numba(unary: torch.Tensor, pairwise, lengths: torch.Tensor) -> torch.Tensor:
+def chain_viterbi_numba(
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, *, allow_sync: bool = True
+) -> torch.Tensor:
     """A maximising labelling of each chain, ``[C, n]`` long (``0`` on padding)."""
     form, tables, weight, truncation = _unpack(pairwise)
-    launch = _Launch(unary, form, tables, weight, truncation, lengths, 0.0)
+    launch = _Launch(unary, form, tables, weight, truncation, lengths, 0.0,
+                     _fast_code(pairwise, form, 0.0, allow_sync))
     return torch.from_numpy(launch.forward(VITERBI)[4])
