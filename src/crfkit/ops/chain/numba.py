@@ -213,14 +213,15 @@ def _argmax(x, L):
 @njit(**_JIT)
 def _dt_max(x, out, arg, w, prm, pos, L, lv, li):
     """Truncated-linear max step (``w >= 0``) by the distance transform, with the arg-max of
-    every output label; the same operations and tie rules as ``torch.py``'s ``_tl_max``."""
+    every output label; the same tie rules as ``torch.py``'s ``_dt_argmax``, and like it the value
+    re-read at the arg-max (exact when ``w`` is large against the scores)."""
     run = x[0]
     ri = 0
     for a in range(L):
         v = x[a] + w * pos[a]
         if a == 0 or v >= run:
             run, ri = v, a
-        lv[a] = run - w * pos[a]
+        lv[a] = x[ri] - w * (pos[a] - pos[ri])  # re-read at the arg-max: run - w·pos loses w·eps
         li[a] = ri
     top_i = _argmax(x, L)
     trunc = x[top_i] - w * prm[2]
@@ -228,7 +229,7 @@ def _dt_max(x, out, arg, w, prm, pos, L, lv, li):
         v = x[a] - w * pos[a]
         if a == L - 1 or v >= run:
             run, ri = v, a
-        rv = run + w * pos[a]
+        rv = x[ri] - w * (pos[ri] - pos[a])
         m, j = lv[a], li[a]
         if rv > m:
             m, j = rv, ri
@@ -243,21 +244,22 @@ def _dt_max_values(x, out, w, prm, pos, L, lv):
     """:func:`_dt_max` without the arg-max bookkeeping (the forward messages): the same
     comparisons, so the same values bit for bit."""
     run = x[0]
+    ri = 0
     top = x[0]
     for a in range(L):
         v = x[a] + w * pos[a]
         if a == 0 or v >= run:
-            run = v
-        lv[a] = run - w * pos[a]
+            run, ri = v, a
+        lv[a] = x[ri] - w * (pos[a] - pos[ri])
         if x[a] > top:
             top = x[a]
     trunc = top - w * prm[2]
     for a in range(L - 1, -1, -1):
         v = x[a] - w * pos[a]
         if a == L - 1 or v >= run:
-            run = v
+            run, ri = v, a
         m = lv[a]
-        rv = run + w * pos[a]
+        rv = x[ri] - w * (pos[ri] - pos[a])
         if rv > m:
             m = rv
         if trunc > m:
