@@ -165,11 +165,11 @@ def problem_score(problem: ChainProblem, labels: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _compiled_conditioning(problem: ChainProblem):
+def _compiled_conditioning(problem: ChainProblem, implementation: str | None = None):
     """The compiled conditioning module when the chain kernels run on numba here (CPU float32 or
     float64 scores, known chain forms), else ``None`` (the torch version below)."""
     unary = problem.unary
-    if unary.dtype not in (torch.float32, torch.float64) or choose_implementation(unary) != "numba":
+    if unary.dtype not in (torch.float32, torch.float64) or choose_implementation(unary, implementation) != "numba":
         return None
     if any(getattr(g.pairwise, "kind", None) not in ("dense", "weighted", "truncated_linear") for g in problem.groups):
         return None
@@ -179,12 +179,15 @@ def _compiled_conditioning(problem: ChainProblem):
 
 
 @torch.no_grad()
-def chain_icm(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int = 2) -> torch.Tensor:
+def chain_icm(
+    problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int = 2, implementation: str | None = None
+) -> torch.Tensor:
     """Improve flat labels ``[V]`` by ``sweeps`` rounds of exact chain updates (never lowers the score).
 
     On the CPU with the compiled chain kernels, the conditioned scores are computed by
-    :mod:`crfkit.ops.chain.numba_conditional` (one fused pass per group); otherwise by torch ops."""
-    compiled = _compiled_conditioning(problem)
+    :mod:`crfkit.ops.chain.numba_conditional` (one fused pass per group); otherwise by torch ops.
+    ``implementation`` picks the chain kernel as in :func:`~crfkit.ops.chain.chain_marginals`."""
+    compiled = _compiled_conditioning(problem, implementation)
     if compiled is not None:
         return _chain_icm_compiled(problem, labels, edges, sweeps, compiled)
     labels = labels.clone()
@@ -199,7 +202,7 @@ def chain_icm(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, 
                 local = cond[nodes.clamp(min=0)] - contrib[chains]
                 local = local * v[..., None]
                 sub = g.pairwise.select(chains)
-                new = chain_viterbi(local, sub, g.lengths[chains])
+                new = chain_viterbi(local, sub, g.lengths[chains], implementation=implementation)
                 old = labels[nodes[v]]
                 if not torch.equal(old, new[v]):
                     changed = True

@@ -341,7 +341,8 @@ class _Incumbent:
         lab = decode_argmax(self.dd.node_beliefs(mu))
         self.consider(lab)
         if self.edges is not None:
-            self.consider(chain_icm(self.problem, lab, self.edges, sweeps=self.opts.icm_sweeps))
+            sweeps, impl = self.opts.icm_sweeps, self.opts.implementation
+            self.consider(chain_icm(self.problem, lab, self.edges, sweeps=sweeps, implementation=impl))
 
     def bound(self, value: torch.Tensor) -> None:
         """Keep the lowest finite bound (NaN-aware: ``torch.minimum`` would propagate a NaN)."""
