@@ -383,37 +383,64 @@ class _Incumbent:
         return self.certificate
 
 
+class _StepRule:
+    """The step rule's state, per batch item: the step ``α`` (adaptive: ×1.5 after an accepted
+    step, ×0.5 after a rejected one, within ``[paper step, 1]``; else fixed) and the heavy-ball
+    momentum, restarted whenever a step is undone (adaptive restart) and at every new stage."""
+
+    def __init__(self, opts: SolverOptions, paper: float, batch: int, device: torch.device):
+        self.paper = paper
+        self.adaptive = opts.step == "adaptive"
+        self.use_momentum = self.adaptive and opts.momentum
+        alpha0 = paper if isinstance(opts.step, str) else float(opts.step)
+        self.alpha = torch.full((batch,), alpha0, dtype=torch.float64, device=device)
+        self.run = torch.zeros(batch, dtype=torch.float64, device=device)  # accepted steps since the restart
+        self.rejected = torch.zeros((), dtype=torch.long, device=device)
+        self.lam_prev: torch.Tensor | None = None
+
+    def restart(self, lam: torch.Tensor) -> None:
+        self.lam_prev, self.run = lam, torch.zeros_like(self.run)
+
+    def extrapolation(self, lam: torch.Tensor, slot_batch: torch.Tensor) -> torch.Tensor | None:
+        if not self.use_momentum:
+            return None
+        beta = (self.run / (self.run + 1.0)).clamp(max=0.9).to(lam.dtype)[slot_batch, None]
+        return (lam - self.lam_prev).mul_(beta)
+
+    def update(self, accept: torch.Tensor, lam_old: torch.Tensor) -> None:
+        if not self.adaptive:
+            return
+        self.rejected += (~accept).sum()
+        self.lam_prev = lam_old  # after a rejected step lam == lam_old: the momentum restarts
+        self.run = torch.where(accept, self.run + 1.0, torch.zeros_like(self.run))
+        self.alpha = torch.where(accept, (self.alpha * 1.5).clamp(max=1.0), (self.alpha * 0.5).clamp(min=self.paper))
+
+
+def _stage_of_iteration(iters: int, n_stages: int) -> list[int]:
+    """The stage index of each iteration: ``iters`` split into ``n_stages`` equal runs."""
+    return [min(n_stages - 1, (k * n_stages) // max(iters, 1)) for k in range(iters)]
+
+
 @torch.no_grad()
 def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = None, **kwargs) -> ChainSolution:
     """Run the fixed-point iteration on a chain problem (see :func:`solve_map` for the options;
-    pass a :class:`SolverOptions` or its fields as keywords).
-
-    One function for the whole run (stages, steps, certificates, decoding): the loop's state is
-    read and written by every part of it; split, it would pass a dozen values back and forth.
-    """
+    pass a :class:`SolverOptions` or its fields as keywords)."""
     opts = options if options is not None else SolverOptions(**kwargs)
     t0 = time.perf_counter()
     dd = DualDecomposition(problem, implementation=opts.implementation, validate_args=opts.validate_args)
-    B, device, L = problem.batch_size, problem.unary.device, problem.num_labels
     stage_gammas = opts.stage_gammas(problem)
-    iters, n_stages = opts.iters, len(stage_gammas)
-    stage_of_iter = [min(n_stages - 1, (k * n_stages) // max(iters, 1)) for k in range(iters)]
-    paper = dd.paper_step
-    adaptive = opts.step == "adaptive"
-    alpha0 = paper if isinstance(opts.step, str) else float(opts.step)
-    alpha = torch.full((B,), alpha0, dtype=torch.float64, device=device)
-    lam = torch.zeros(dd.S, L, dtype=problem.unary.dtype, device=device)
+    iters = opts.iters
+    stage_of_iter = _stage_of_iteration(iters, len(stage_gammas))
+    rule = _StepRule(opts, dd.paper_step, problem.batch_size, problem.unary.device)
+    lam = torch.zeros(dd.S, problem.num_labels, dtype=problem.unary.dtype, device=problem.unary.device)
     best = _Incumbent(problem, dd, opts)
     slack = 1e-12 if lam.dtype == torch.float64 else 1e-6  # relative, for rounding
 
-    g_cur = stage_gammas[0] if n_stages else 0.0
+    g_cur = stage_gammas[0] if stage_gammas else 0.0
     mu, dual = dd.evaluate(lam, g_cur)
     history, gamma_hist = [dual.clone()], [g_cur]
     best.certify(lam, dual, g_cur)
-    rejected = 0
-    lam_prev = lam
-    run = torch.zeros(B, dtype=torch.float64, device=device)  # accepted steps since the last restart
-    use_momentum = adaptive and opts.momentum
+    rule.restart(lam)
     for it in range(iters):
         g_new = stage_gammas[stage_of_iter[it]]
         if g_new != g_cur:
@@ -422,35 +449,19 @@ def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = N
             best.decode(mu)
             g_cur = g_new
             mu, dual = dd.evaluate(lam, g_cur)
-            lam_prev, run = lam, torch.zeros_like(run)
-        extra = None
-        if use_momentum:
-            # heavy-ball extrapolation, restarted whenever a step is undone (adaptive restart)
-            beta = (run / (run + 1.0)).clamp(max=0.9).to(lam.dtype)[dd.slot_batch, None]
-            extra = (lam - lam_prev).mul_(beta)
+            rule.restart(lam)
         lam_old = lam
         # adaptive: accept where the objective did not rise; the paper's step is monotone by the
         # theorem, so it is always accepted
         lam, mu, dual, accept = dd.step(
-            lam, mu, dual, alpha.to(lam.dtype)[dd.slot_batch, None], g_cur, extra=extra, check=adaptive,
-            slack=slack, force=alpha <= paper * (1 + 1e-12),
+            lam, mu, dual, rule.alpha.to(lam.dtype)[dd.slot_batch, None], g_cur,
+            extra=rule.extrapolation(lam, dd.slot_batch), check=rule.adaptive, slack=slack,
+            force=rule.alpha <= rule.paper * (1 + 1e-12),
         )
-        if adaptive:
-            rejected += int((~accept).sum())
-            lam_prev = lam_old  # after a rejected step lam == lam_old: the momentum restarts
-            run = torch.where(accept, run + 1.0, torch.zeros_like(run))
-            alpha = torch.where(accept, (alpha * 1.5).clamp(max=1.0), (alpha * 0.5).clamp(min=paper))
+        rule.update(accept, lam_old)
         history.append(dual.clone())
         gamma_hist.append(g_cur)
-        if g_cur == 0.0:
-            best.bound(dual)
-        elif opts.certificate_every and (it + 1) % opts.certificate_every == 0:
-            best.certify(lam, dual, g_cur)
-        if opts.decode_every and (it + 1) % opts.decode_every == 0:
-            best.decode(mu)
-        if opts.callback is not None:
-            opts.callback({"iteration": it + 1, "iters": iters, "gamma": g_cur, "dual": dual,
-                           "certificate": best.certificate, "primal": best.primal, "step": alpha})
+        _after_step(best, opts, it + 1, iters, g_cur, lam, mu, dual, rule.alpha)
         if best.converged(opts.tol):
             break
     best.certify(lam, dual, g_cur)
@@ -464,8 +475,23 @@ def solve_chain_problem(problem: ChainProblem, options: SolverOptions | None = N
         marginals=dd.node_beliefs(mu),
         iterations=len(history) - 1,
         seconds=time.perf_counter() - t0,
-        info={"paper_step": paper, "final_step": alpha.tolist(), "rejected_steps": rejected, "gammas": stage_gammas},
+        info={"paper_step": rule.paper, "final_step": rule.alpha.tolist(), "rejected_steps": int(rule.rejected),
+              "gammas": stage_gammas},
     )
+
+
+def _after_step(best, opts: SolverOptions, done: int, iters: int, gamma: float, lam, mu, dual, alpha) -> None:
+    """The bookkeeping after iteration ``done``: the bound (every iteration at γ = 0, else every
+    ``certificate_every``), the decoding every ``decode_every``, and the callback."""
+    if gamma == 0.0:
+        best.bound(dual)
+    elif opts.certificate_every and done % opts.certificate_every == 0:
+        best.certify(lam, dual, gamma)
+    if opts.decode_every and done % opts.decode_every == 0:
+        best.decode(mu)
+    if opts.callback is not None:
+        opts.callback({"iteration": done, "iters": iters, "gamma": gamma, "dual": dual,
+                       "certificate": best.certificate, "primal": best.primal, "step": alpha})
 
 
 def _problem_of(model) -> tuple[ChainProblem, Callable]:
