@@ -495,6 +495,7 @@ def run_stereo(
     try:
         if threads:
             torch.set_num_threads(int(threads))
+            os.environ["CRFKIT_NUM_THREADS"] = str(int(threads))  # the solvers and compiled kernels too
         report = _solve_and_write(pair, D, params, folder, opts, solver, inputs, progress, t_start, t_load)
     except BaseException:
         folder.abandon()

@@ -21,6 +21,7 @@ from .bp_engine import ConvexBP, _dense_pairwise
 from .bp_graph import Block, CompiledGraph
 from .counting import check_convex_counting, counting_numbers, edge_appearance_probabilities
 from .exact import MAX_LABELLINGS, enumerate_mrf, is_forest, tree_max_product, tree_sum_product
+from .threads import with_solver_threads
 
 __all__ = [
     "CompiledGraph",
@@ -156,6 +157,7 @@ def _run_blocks(bp: ConvexBP, graph: CompiledGraph, num_nodes: int, blocks, tol:
     return False, iters, res
 
 
+@with_solver_threads
 def marginals(
     mrf: GraphMRF,
     method: str = "trbp",

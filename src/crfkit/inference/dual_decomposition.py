@@ -40,6 +40,7 @@ from ..decomposition.chains import ChainProblem
 from ..ops.chain import chain_marginals, chain_values
 from .decoding import ProblemEdges, chain_icm, decode_argmax, problem_score
 from .solver_options import STEP_RULES, SolverOptions
+from .threads import with_solver_threads
 
 __all__ = [
     "MAPResult",
@@ -523,6 +524,7 @@ def _problem_of(model) -> tuple[ChainProblem, Callable]:
     raise CRFTypeError(f"expected a GridCRF or a GraphMRF, got {type(model).__name__}")
 
 
+@with_solver_threads
 def solve_map(
     model,
     iters: int = 1000,

@@ -47,6 +47,7 @@ from .._validation import (
 from ..inference.bp_engine import ConvexBP
 from ..inference.bp_graph import CompiledGraph
 from ..inference.counting import counting_numbers
+from ..inference.threads import with_solver_threads
 from ..models.graph import GraphMRF
 from .blocks import make_blocks
 from .models import FeatureCRF, FeatureParams, LearningInstance, TableParams
@@ -346,6 +347,7 @@ def _default_lr(examples, l2, dist) -> float:
     return 8.0 / (float(t[0] / t[1]) + l2)
 
 
+@with_solver_threads
 def fit(
     mrf_or_model,
     samples,
