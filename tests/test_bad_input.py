@@ -837,7 +837,7 @@ def test_a_nan_evaluation_never_replaces_a_finite_bound():
 def test_no_convergence_before_a_labelling_is_scored():
     """The primal is -inf until the first decoding: ``inf <= tol * inf`` must not stop the run."""
     inc = _incumbent(tol=1e-3)
-    inc.bound(torch.tensor([5.0, 7.0], dtype=f64))
+    inc.bound(torch.tensor([1e6, 1e6], dtype=f64))  # above any labelling's score of the test grid
     assert not inc.converged(1e-3)
     inc.consider(torch.zeros_like(inc.labels))
     primal = inc.primal.clone()
