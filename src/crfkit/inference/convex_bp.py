@@ -47,7 +47,7 @@ def _describe(x) -> str:
 
 @dataclass(repr=False)
 class BPResult:
-    """Result of :func:`marginals` (``crfkit.bp_marginals``).
+    """Result of :func:`marginals` (``crfkit.belief_propagation``).
 
     Attributes:
         node_beliefs: ``[N, L]`` (``[B, N, L]`` for a batched model) the node beliefs ``b_i``, rows
