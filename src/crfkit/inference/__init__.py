@@ -12,10 +12,12 @@ from .counting import check_convex_counting, counting_numbers, edge_appearance_p
 from .exact import enumerate_mrf, tree_max_product, tree_sum_product
 
 bp_marginals = marginals
+belief_propagation = marginals
 
 __all__ = [
     "marginals",
     "bp_marginals",
+    "belief_propagation",
     "ConvexBP",
     "BPResult",
     "CompiledGraph",

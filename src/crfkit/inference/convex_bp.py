@@ -172,7 +172,7 @@ def marginals(
     adaptive_damping: bool = True,
 ) -> BPResult:
     """Beliefs and the variational log-partition of a pairwise model by convex BP
-    (top level: ``crfkit.bp_marginals``).
+    (top level: ``crfkit.belief_propagation``; ``crfkit.inference.bp_marginals`` is the same function).
 
     Args:
         mrf: a :class:`crfkit.GraphMRF` (unary ``[N, L]`` or ``[B, N, L]``); a
