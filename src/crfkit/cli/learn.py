@@ -15,8 +15,10 @@ import csv
 import io
 import json
 import os
+import tempfile
 import time
 
+from .._validation import CRFValueError
 from ..io.atomic import atomic_savefig  # noqa: E402
 from ..io.atomic import atomic_write_text as _atomic_text  # noqa: E402
 
@@ -42,8 +44,52 @@ def _plt():
     return plt
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
+def _ints(s: str, option: str = "--sizes", low: int = 1) -> list[int]:
+    """A comma-separated list of integers ``>= low``, at least one (``option`` names it in errors)."""
+    try:
+        values = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise CRFValueError(f"expected {option} as comma-separated integers (e.g. 10,20), got {s!r}") from None
+    if not values or min(values) < low:
+        raise CRFValueError(f"expected {option} as one or more integers >= {low}, got {s!r}")
+    return values
+
+
+def _check_graph(graph: str, sizes) -> None:
+    if graph not in ("grid", "ba"):
+        raise CRFValueError(f"expected --graph grid or ba, got {graph!r}")
+    if graph == "ba" and min(sizes) < 3:
+        raise CRFValueError(f"expected Barabási-Albert sizes >= 3 nodes, got {min(sizes)}")
+
+
+def _check_range(value, option: str, low: float, *, strict: bool = False) -> None:
+    """``value >= low`` (``> low`` when ``strict``) and finite (``option`` names it in errors)."""
+    ok = value == value and abs(value) != float("inf") and (value > low if strict else value >= low)
+    if not ok:
+        raise CRFValueError(f"expected {option} {'>' if strict else '>='} {low:g} and finite, got {value!r}")
+
+
+def check_out_folder(out: str) -> None:
+    """Make sure ``--out`` is a writable folder before any work: refuse an empty path, an existing
+    file, a path under a file or a place where no file can be written (creating the folder and a
+    probe file, removed at once)."""
+    if not out or not out.strip():
+        raise CRFValueError(f"expected --out a folder path, got {out!r}")
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CRFValueError(f"expected --out a folder, got {out!r}, which is an existing file")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise CRFValueError(f"expected --out under a folder, got {out!r}, under the file {probe!r}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(name)
+    except OSError as exc:
+        raise CRFValueError(f"expected a writable --out, got {out!r} ({exc.strerror or exc})") from None
 
 
 def run_convergence(
@@ -348,6 +394,39 @@ def _write_segment(out: str, summary: dict, history, method: str) -> None:
     _atomic_png(fig, os.path.join(out, "segment.png"))
 
 
+def _check_common(graph: str, sizes, out: str, threads: int, *, seconds=None, l2=None, rtol=None, **at_least_one) -> None:
+    """The arguments the experiments share, checked before any work (one-line errors)."""
+    _check_graph(graph, sizes)
+    if threads < 1:
+        raise CRFValueError(f"expected --threads >= 1, got {threads}")
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise CRFValueError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
+    for option, value in (("--seconds", seconds), ("--l2", l2), ("--rtol", rtol)):
+        if value is not None:
+            _check_range(value, option, 0.0)
+    check_out_folder(out)
+
+
+def _check_segment(data, synthetic, out, train, test, downsample, method, steps, blocks, threads) -> None:
+    from ..learning.learners import METHODS
+
+    if data is not None and not os.path.isdir(data):
+        raise CRFValueError(f"expected --data a Stanford Background folder (images/, labels/), got {data!r}: no such folder")
+    if method not in METHODS:
+        raise CRFValueError(f"expected --method in {METHODS}, got {method!r}")
+    checks = {"--train": train, "--test": test, "--downsample": downsample, "--steps": steps, "--blocks": blocks,
+              "--threads": threads}
+    if data is None:
+        checks["--synthetic"] = synthetic
+    for option, value in checks.items():
+        if value < 1:
+            raise CRFValueError(f"expected {option} >= 1, got {value}")
+    if data is None and synthetic < train + test:
+        raise CRFValueError(f"expected --synthetic >= --train + --test = {train + test} images, got {synthetic}")
+    check_out_folder(out)
+
+
 def register(app) -> None:
     import typer
 
@@ -376,7 +455,9 @@ def _add_convergence(learn, typer) -> None:
         out: str = typer.Option("runs/learn", help="output folder"),
     ):
         """The three learners on networks of growing size: objective against time."""
-        run_convergence(graph, _ints(sizes), blocks, seconds, out, l2, seed, rtol, threads)
+        size_list = _ints(sizes)
+        _check_common(graph, size_list, out, threads, blocks=blocks, seconds=seconds, l2=l2, rtol=rtol)
+        run_convergence(graph, size_list, blocks, seconds, out, l2, seed, rtol, threads)
 
 
 def _add_blocksize(learn, typer) -> None:
@@ -397,8 +478,12 @@ def _add_blocksize(learn, typer) -> None:
         out: str = typer.Option("runs/learn"),
     ):
         """BBPL's sensitivity to the number of blocks."""
+        block_list = _ints(blocks, "--blocks")
+        _check_common(graph, [size], out, threads, seconds=seconds, l2=l2, rtol=rtol)
+        if lr_scale is not None:
+            _check_range(lr_scale, "--lr-scale", 0.0, strict=True)
         run_blocksize(
-            graph, size, _ints(blocks), seconds, out, l2, seed, rtol, threads, lr_scale=lr_scale
+            graph, size, block_list, seconds, out, l2, seed, rtol, threads, lr_scale=lr_scale
         )
 
 
@@ -416,7 +501,9 @@ def _add_scale(learn, typer) -> None:
         out: str = typer.Option("runs/learn"),
     ):
         """Seconds per BBPL step at a fixed block size as the graph grows."""
-        run_scale(graph, _ints(sizes), block_nodes, steps, out, seed, threads)
+        size_list = _ints(sizes)
+        _check_common(graph, size_list, out, threads, block_nodes=block_nodes, steps=steps)
+        run_scale(graph, size_list, block_nodes, steps, out, seed, threads)
 
 
 def _add_segment(learn, typer) -> None:
@@ -437,6 +524,7 @@ def _add_segment(learn, typer) -> None:
         out: str = typer.Option("runs/segment"),
     ):
         """CRF segmentation learning on the Stanford Background layout; pixel accuracy."""
+        _check_segment(data, synthetic, out, train, test, downsample, method, steps, blocks, threads)
         run_segment(
             data, synthetic, out, train, test, downsample, method, steps, blocks, seed, threads
         )

@@ -3,12 +3,19 @@
 Each subcommand lives in its own module of this package and exposes
 ``register(app: typer.Typer) -> None``; modules listed in ``SUBCOMMANDS`` are loaded
 when present.
+
+Errors are one line on stderr: a usage error (an unknown option, ``--threads abc``) as
+``error: crfkit stereo: Invalid value for '--threads': ...`` with exit status 2, and crfkit's own
+input errors (``CRFValueError`` / ``CRFTypeError``) and file-system errors (a missing file, an
+unwritable folder) that reach this entry point as ``error: MESSAGE`` with status 2, without a
+traceback (set ``CRFKIT_TRACEBACK=1`` to see one).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 SUBCOMMANDS = ("stereo", "solve", "learn", "segment")
@@ -40,9 +47,62 @@ def build_app():
     return app
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int = 2) -> None:
+    sys.stderr.write(f"error: {_one_line(message)}\n")
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the ``crfkit`` command (``argv``: the arguments, default ``sys.argv[1:]``)."""
+    click = _click_exceptions()
+
+    from .._validation import CRFTypeError, CRFValueError
+
     app = build_app()
-    app(args=argv, prog_name="crfkit")
+    try:
+        rv = app(args=argv, prog_name="crfkit", standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # a group without a subcommand: its help
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:  # usage errors (bad option values, unknown options) and BadParameter
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        hint = f" (see '{ctx.command_path} --help')" if isinstance(exc, click.UsageError) and ctx is not None else ""
+        _fail(f"{where}{exc.format_message()}{hint}", exc.exit_code)
+    except typer_abort():
+        _fail("aborted", 1)
+    except (CRFValueError, CRFTypeError, OSError) as exc:
+        if os.environ.get("CRFKIT_TRACEBACK"):
+            raise
+        _fail(str(exc) if not isinstance(exc, OSError) or exc.filename is None else _os_message(exc))
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:  # typer.Exit(code) from a command
+        raise SystemExit(rv)
+
+
+def _click_exceptions():
+    """The exception classes of the click that typer runs on (typer >= 0.22 vendors its own)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # an older typer on the click package
+        from click import exceptions
+    return exceptions
+
+
+def typer_abort():
+    import typer
+
+    return typer.Abort
+
+
+def _os_message(exc: OSError) -> str:
+    """``[Errno 2] No such file or directory: 'x'`` as ``no such file or directory: x``."""
+    what = (exc.strerror or type(exc).__name__).lower()
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{what}: {path}"
 
 
 if __name__ == "__main__":  # pragma: no cover
