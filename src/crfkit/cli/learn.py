@@ -15,11 +15,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 
 from .._validation import CRFValueError
 from ..io.atomic import atomic_savefig  # noqa: E402
+from .main import check_out_folder
 from ..io.atomic import atomic_write_text as _atomic_text  # noqa: E402
 
 
@@ -67,29 +67,6 @@ def _check_range(value, option: str, low: float, *, strict: bool = False) -> Non
     ok = value == value and abs(value) != float("inf") and (value > low if strict else value >= low)
     if not ok:
         raise CRFValueError(f"expected {option} {'>' if strict else '>='} {low:g} and finite, got {value!r}")
-
-
-def check_out_folder(out: str) -> None:
-    """Make sure ``--out`` is a writable folder before any work: refuse an empty path, an existing
-    file, a path under a file or a place where no file can be written (creating the folder and a
-    probe file, removed at once)."""
-    if not out or not out.strip():
-        raise CRFValueError(f"expected --out a folder path, got {out!r}")
-    path = os.path.abspath(out)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CRFValueError(f"expected --out a folder, got {out!r}, which is an existing file")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise CRFValueError(f"expected --out under a folder, got {out!r}, under the file {probe!r}")
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path, prefix=".write-probe-")
-        os.close(fd)
-        os.remove(name)
-    except OSError as exc:
-        raise CRFValueError(f"expected a writable --out, got {out!r} ({exc.strerror or exc})") from None
 
 
 def run_convergence(

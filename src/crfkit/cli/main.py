@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 
 SUBCOMMANDS = ("stereo", "solve", "learn", "segment")
 
@@ -45,6 +46,31 @@ def build_app():
         module = importlib.import_module(modname)
         module.register(app)
     return app
+
+
+def check_out_folder(out: str) -> None:
+    """Make sure ``--out`` is a writable folder before any work: refuse an empty path, an existing
+    file, a path under a file or a place where no file can be written (creating the folder and a
+    probe file, removed at once)."""
+    from .._validation import CRFValueError
+
+    if not out or not out.strip():
+        raise CRFValueError(f"expected --out a folder path, got {out!r}")
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CRFValueError(f"expected --out a folder, got {out!r}, which is an existing file")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise CRFValueError(f"expected --out under a folder, got {out!r}, under the file {probe!r}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(name)
+    except OSError as exc:
+        raise CRFValueError(f"expected a writable --out, got {out!r} ({exc.strerror or exc})") from None
 
 
 def _one_line(text: str) -> str:
