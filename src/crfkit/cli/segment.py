@@ -62,6 +62,8 @@ def _load_state(checkpoint: str) -> dict:
     from .._validation import CRFValueError
     from ..training.checkpoint import load_checkpoint
 
+    if os.path.isdir(checkpoint):
+        raise CRFValueError(f"expected a checkpoint file (checkpoint.pt of a run), got a folder: {checkpoint}")
     try:
         state = load_checkpoint(checkpoint)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:

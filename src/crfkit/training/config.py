@@ -129,7 +129,7 @@ CHOICES = {
 #: Lowest accepted value of the numeric fields (``(low, True)``: strictly above ``low``); every
 #: float must be finite too. Fields not listed (seeds) take any integer.
 LOWEST = {
-    "model.num_classes": (1, False), "model.crf_iters": (0, False), "model.crf_gamma": (0, False),
+    "model.num_classes": (2, False), "model.crf_iters": (0, False), "model.crf_gamma": (0, False),
     "model.pairwise_rank": (1, False), "model.pairwise_init_std": (0, False),
     "model.small_width": (1, False), "model.small_channels": (1, False),
     "data.crop_size": (1, False), "data.scale_min": (0, True), "data.scale_max": (0, True),
