@@ -75,6 +75,8 @@ def read_pfm(path: str | os.PathLike, *, with_scale: bool = False):
     With ``with_scale=True`` returns ``(image, scale)`` where ``scale`` is the header's
     magnitude (the sign only gives the byte order).  Malformed files raise ``ValueError``.
     """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise CRFTypeError(f"expected path to be a file path (str or os.PathLike), got {type(path).__name__}")
     with open(path, "rb") as fh:
         data = fh.read()
     tag, pos = _next_token(data, 0)
