@@ -55,11 +55,11 @@ def _ints(s: str, option: str = "--sizes", low: int = 1) -> list[int]:
     return values
 
 
-def _check_graph(graph: str, sizes) -> None:
+def _check_graph(graph: str, sizes, option: str = "--sizes") -> None:
     if graph not in ("grid", "ba"):
         raise CRFValueError(f"expected --graph grid or ba, got {graph!r}")
     if graph == "ba" and min(sizes) < 3:
-        raise CRFValueError(f"expected Barabási-Albert sizes >= 3 nodes, got {min(sizes)}")
+        raise CRFValueError(f"expected {option} >= 3 nodes with --graph ba (Barabási-Albert), got {min(sizes)}")
 
 
 def _check_range(value, option: str, low: float, *, strict: bool = False) -> None:
@@ -373,7 +373,7 @@ def _write_segment(out: str, summary: dict, history, method: str) -> None:
 
 def _check_common(graph: str, sizes, out: str, threads: int, *, seconds=None, l2=None, rtol=None, **at_least_one) -> None:
     """The arguments the experiments share, checked before any work (one-line errors)."""
-    _check_graph(graph, sizes)
+    _check_graph(graph, sizes, "--size" if "size" in at_least_one else "--sizes")
     if threads < 1:
         raise CRFValueError(f"expected --threads >= 1, got {threads}")
     for name, value in at_least_one.items():
@@ -456,7 +456,7 @@ def _add_blocksize(learn, typer) -> None:
     ):
         """BBPL's sensitivity to the number of blocks."""
         block_list = _ints(blocks, "--blocks")
-        _check_common(graph, [size], out, threads, seconds=seconds, l2=l2, rtol=rtol)
+        _check_common(graph, [size], out, threads, seconds=seconds, l2=l2, rtol=rtol, size=size)
         if lr_scale is not None:
             _check_range(lr_scale, "--lr-scale", 0.0, strict=True)
         run_blocksize(

@@ -158,8 +158,8 @@ def validate_config(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         bad = value != value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low)
         if bad:
-            rng = f"> {low}" if strict else f">= {low}"
-            raise CRFValueError(f"expected {key} {rng} and finite, got {value!r}")
+            rng = (f"> {low}" if strict else f">= {low}") + (" and finite" if isinstance(value, float) else "")
+            raise CRFValueError(f"expected {key} {rng}, got {value!r}")
     if cfg.data.scale_max < cfg.data.scale_min:
         raise CRFValueError(
             f"expected data.scale_min <= data.scale_max, got {cfg.data.scale_min} > {cfg.data.scale_max}"
