@@ -74,8 +74,10 @@ def test_usage_errors_are_one_line_naming_the_option(capsys, args, parts):
 
 
 def test_help_is_not_an_error(capsys):
-    main(["learn", "scale", "--help"])  # returns: no exit status to report
+    with pytest.raises(SystemExit) as info:
+        main(["learn", "scale", "--help"])
     captured = capsys.readouterr()
+    assert info.value.code == 0
     assert "--block-nodes" in captured.out and captured.err == ""
 
 
@@ -127,7 +129,9 @@ def test_learn_refuses_an_unusable_out_before_any_work(capsys, tmp_path, no_work
 def test_learn_creates_a_usable_out_and_leaves_no_probe(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(learn_cli, "run_scale", lambda *a, **k: seen.setdefault("args", a))
-    main(["learn", "scale", "--sizes", "5", "--out", str(tmp_path / "new" / "folder")])
+    with pytest.raises(SystemExit) as info:
+        main(["learn", "scale", "--sizes", "5", "--out", str(tmp_path / "new" / "folder")])
+    assert info.value.code == 0
     assert seen["args"][1] == [5]
     assert os.listdir(tmp_path / "new" / "folder") == []
 

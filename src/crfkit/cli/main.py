@@ -83,7 +83,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the ``crfkit`` command (``argv``: the arguments, default ``sys.argv[1:]``)."""
+    """Run the ``crfkit`` command (``argv``: the arguments, default ``sys.argv[1:]``); exits
+    (``SystemExit``) with status 0, 2 for bad input, or the status a command asked for."""
     click = _click_exceptions()
 
     from .._validation import CRFTypeError, CRFValueError
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("CRFKIT_TRACEBACK"):
             raise
         _fail(str(exc) if not isinstance(exc, OSError) or exc.filename is None else _os_message(exc))
-    if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:  # typer.Exit(code) from a command
-        raise SystemExit(rv)
+    # as in click's standalone mode: always exit, with the status of typer.Exit(code) if a command gave one
+    raise SystemExit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
 def _click_exceptions():
