@@ -18,7 +18,7 @@ pytest.importorskip("typer")
 from crfkit._validation import CRFTypeError, CRFValueError  # noqa: E402
 from crfkit.cli import learn as learn_cli  # noqa: E402
 from crfkit.cli.main import main  # noqa: E402
-from crfkit.io.pfm import read_pfm  # noqa: E402
+from crfkit.io.pfm import read_pfm, write_pfm  # noqa: E402
 from crfkit.models import GraphMRF  # noqa: E402
 from crfkit.models.pairwise import Potts, TruncatedLinear  # noqa: E402
 from crfkit.training.config import Config, apply_overrides, load_config  # noqa: E402
@@ -264,3 +264,14 @@ def test_numpy_and_integer_weights_score_as_floats():
 def test_read_pfm_refuses_a_path_that_is_not_a_path():
     with pytest.raises(CRFTypeError, match="expected path to be a file path"):
         read_pfm(None)
+
+
+def test_write_pfm_names_the_path_asked_for(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(CRFValueError, match="got a folder"):
+        write_pfm(tmp_path, np.zeros((2, 2)))
+    with pytest.raises(CRFValueError, match="under the file"):
+        write_pfm(a_file / "x.pfm", np.zeros((2, 2)))
+    assert a_file.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no temporary file left
