@@ -19,8 +19,8 @@ import time
 
 from .._validation import CRFValueError
 from ..io.atomic import atomic_savefig  # noqa: E402
-from .main import check_out_folder
 from ..io.atomic import atomic_write_text as _atomic_text  # noqa: E402
+from .main import check_out_folder
 
 
 def _atomic_png(fig, path: str) -> None:
@@ -371,7 +371,9 @@ def _write_segment(out: str, summary: dict, history, method: str) -> None:
     _atomic_png(fig, os.path.join(out, "segment.png"))
 
 
-def _check_common(graph: str, sizes, out: str, threads: int, *, seconds=None, l2=None, rtol=None, **at_least_one) -> None:
+def _check_common(
+    graph: str, sizes, out: str, threads: int, *, seconds=None, l2=None, rtol=None, **at_least_one
+) -> None:
     """The arguments the experiments share, checked before any work (one-line errors)."""
     _check_graph(graph, sizes, "--size" if "size" in at_least_one else "--sizes")
     if threads < 1:
@@ -389,7 +391,9 @@ def _check_segment(data, synthetic, out, train, test, downsample, method, steps,
     from ..learning.learners import METHODS
 
     if data is not None and not os.path.isdir(data):
-        raise CRFValueError(f"expected --data a Stanford Background folder (images/, labels/), got {data!r}: no such folder")
+        raise CRFValueError(
+            f"expected --data a Stanford Background folder (images/, labels/), got {data!r}: no such folder"
+        )
     if method not in METHODS:
         raise CRFValueError(f"expected --method in {METHODS}, got {method!r}")
     checks = {"--train": train, "--test": test, "--downsample": downsample, "--steps": steps, "--blocks": blocks,
