@@ -275,3 +275,9 @@ def test_write_pfm_names_the_path_asked_for(tmp_path):
         write_pfm(a_file / "x.pfm", np.zeros((2, 2)))
     assert a_file.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no temporary file left
+
+
+def test_crfkit_traceback_shows_the_exception(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRFKIT_TRACEBACK", "1")
+    with pytest.raises(CRFValueError, match="--graph"):
+        main(["learn", "scale", "--graph", "tree", "--out", str(tmp_path)])
