@@ -371,13 +371,21 @@ def _write_segment(out: str, summary: dict, history, method: str) -> None:
     _atomic_png(fig, os.path.join(out, "segment.png"))
 
 
+#: Most threads and generated images accepted (``torch.set_num_threads`` crashes far above the former).
+MAX_THREADS, MAX_SYNTHETIC = 1024, 100_000
+
+
+def _check_threads(threads: int) -> None:
+    if not 1 <= threads <= MAX_THREADS:
+        raise CRFValueError(f"expected --threads in [1, {MAX_THREADS}], got {threads}")
+
+
 def _check_common(
     graph: str, sizes, out: str, threads: int, *, seconds=None, l2=None, rtol=None, **at_least_one
 ) -> None:
     """The arguments the experiments share, checked before any work (one-line errors)."""
     _check_graph(graph, sizes, "--size" if "size" in at_least_one else "--sizes")
-    if threads < 1:
-        raise CRFValueError(f"expected --threads >= 1, got {threads}")
+    _check_threads(threads)
     for name, value in at_least_one.items():
         if value < 1:
             raise CRFValueError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
@@ -396,8 +404,10 @@ def _check_segment(data, synthetic, out, train, test, downsample, method, steps,
         )
     if method not in METHODS:
         raise CRFValueError(f"expected --method in {METHODS}, got {method!r}")
-    checks = {"--train": train, "--test": test, "--downsample": downsample, "--steps": steps, "--blocks": blocks,
-              "--threads": threads}
+    _check_threads(threads)
+    if data is None and synthetic > MAX_SYNTHETIC:
+        raise CRFValueError(f"expected --synthetic <= {MAX_SYNTHETIC} generated images, got {synthetic}")
+    checks = {"--train": train, "--test": test, "--downsample": downsample, "--steps": steps, "--blocks": blocks}
     if data is None:
         checks["--synthetic"] = synthetic
     for option, value in checks.items():

@@ -143,6 +143,10 @@ LOWEST = {
 }
 
 
+#: Highest accepted value of the fields that size an allocation (a generated image's side).
+HIGHEST = {"data.shapes_size": 4096, "data.crop_size": 8192}
+
+
 def validate_config(cfg: Config) -> Config:
     """Refuse values out of range (a negative learning rate, an unknown backbone, NaN, ...) with a
     one-line error naming the key; returns ``cfg``."""
@@ -160,6 +164,11 @@ def validate_config(cfg: Config) -> Config:
         if bad:
             rng = (f"> {low}" if strict else f">= {low}") + (" and finite" if isinstance(value, float) else "")
             raise CRFValueError(f"expected {key} {rng}, got {value!r}")
+    for key, high in HIGHEST.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value > high:
+            raise CRFValueError(f"expected {key} <= {high}, got {value!r}")
     if cfg.data.scale_max < cfg.data.scale_min:
         raise CRFValueError(
             f"expected data.scale_min <= data.scale_max, got {cfg.data.scale_min} > {cfg.data.scale_max}"
