@@ -17,8 +17,10 @@ import json
 import os
 import time
 
+from .._validation import CRFValueError
 from ..io.atomic import atomic_savefig  # noqa: E402
 from ..io.atomic import atomic_write_text as _atomic_text  # noqa: E402
+from .main import check_out_folder
 
 
 def _atomic_png(fig, path: str) -> None:
@@ -42,8 +44,29 @@ def _plt():
     return plt
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
+def _ints(s: str, option: str = "--sizes", low: int = 1) -> list[int]:
+    """A comma-separated list of integers ``>= low``, at least one (``option`` names it in errors)."""
+    try:
+        values = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise CRFValueError(f"expected {option} as comma-separated integers (e.g. 10,20), got {s!r}") from None
+    if not values or min(values) < low:
+        raise CRFValueError(f"expected {option} as one or more integers >= {low}, got {s!r}")
+    return values
+
+
+def _check_graph(graph: str, sizes, option: str = "--sizes") -> None:
+    if graph not in ("grid", "ba"):
+        raise CRFValueError(f"expected --graph grid or ba, got {graph!r}")
+    if graph == "ba" and min(sizes) < 3:
+        raise CRFValueError(f"expected {option} >= 3 nodes with --graph ba (Barabási-Albert), got {min(sizes)}")
+
+
+def _check_range(value, option: str, low: float, *, strict: bool = False) -> None:
+    """``value >= low`` (``> low`` when ``strict``) and finite (``option`` names it in errors)."""
+    ok = value == value and abs(value) != float("inf") and (value > low if strict else value >= low)
+    if not ok:
+        raise CRFValueError(f"expected {option} {'>' if strict else '>='} {low:g} and finite, got {value!r}")
 
 
 def run_convergence(
@@ -348,6 +371,53 @@ def _write_segment(out: str, summary: dict, history, method: str) -> None:
     _atomic_png(fig, os.path.join(out, "segment.png"))
 
 
+#: Most threads and generated images accepted (``torch.set_num_threads`` crashes far above the former).
+MAX_THREADS, MAX_SYNTHETIC = 1024, 100_000
+
+
+def _check_threads(threads: int) -> None:
+    if not 1 <= threads <= MAX_THREADS:
+        raise CRFValueError(f"expected --threads in [1, {MAX_THREADS}], got {threads}")
+
+
+def _check_common(
+    graph: str, sizes, out: str, threads: int, *, seconds=None, l2=None, rtol=None, **at_least_one
+) -> None:
+    """The arguments the experiments share, checked before any work (one-line errors)."""
+    _check_graph(graph, sizes, "--size" if "size" in at_least_one else "--sizes")
+    _check_threads(threads)
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise CRFValueError(f"expected --{name.replace('_', '-')} >= 1, got {value}")
+    for option, value in (("--seconds", seconds), ("--l2", l2), ("--rtol", rtol)):
+        if value is not None:
+            _check_range(value, option, 0.0)
+    check_out_folder(out)
+
+
+def _check_segment(data, synthetic, out, train, test, downsample, method, steps, blocks, threads) -> None:
+    from ..learning.learners import METHODS
+
+    if data is not None and not os.path.isdir(data):
+        raise CRFValueError(
+            f"expected --data a Stanford Background folder (images/, labels/), got {data!r}: no such folder"
+        )
+    if method not in METHODS:
+        raise CRFValueError(f"expected --method in {METHODS}, got {method!r}")
+    _check_threads(threads)
+    if data is None and synthetic > MAX_SYNTHETIC:
+        raise CRFValueError(f"expected --synthetic <= {MAX_SYNTHETIC} generated images, got {synthetic}")
+    checks = {"--train": train, "--test": test, "--downsample": downsample, "--steps": steps, "--blocks": blocks}
+    if data is None:
+        checks["--synthetic"] = synthetic
+    for option, value in checks.items():
+        if value < 1:
+            raise CRFValueError(f"expected {option} >= 1, got {value}")
+    if data is None and synthetic < train + test:
+        raise CRFValueError(f"expected --synthetic >= --train + --test = {train + test} images, got {synthetic}")
+    check_out_folder(out)
+
+
 def register(app) -> None:
     import typer
 
@@ -376,7 +446,9 @@ def _add_convergence(learn, typer) -> None:
         out: str = typer.Option("runs/learn", help="output folder"),
     ):
         """The three learners on networks of growing size: objective against time."""
-        run_convergence(graph, _ints(sizes), blocks, seconds, out, l2, seed, rtol, threads)
+        size_list = _ints(sizes)
+        _check_common(graph, size_list, out, threads, blocks=blocks, seconds=seconds, l2=l2, rtol=rtol)
+        run_convergence(graph, size_list, blocks, seconds, out, l2, seed, rtol, threads)
 
 
 def _add_blocksize(learn, typer) -> None:
@@ -397,8 +469,12 @@ def _add_blocksize(learn, typer) -> None:
         out: str = typer.Option("runs/learn"),
     ):
         """BBPL's sensitivity to the number of blocks."""
+        block_list = _ints(blocks, "--blocks")
+        _check_common(graph, [size], out, threads, seconds=seconds, l2=l2, rtol=rtol, size=size)
+        if lr_scale is not None:
+            _check_range(lr_scale, "--lr-scale", 0.0, strict=True)
         run_blocksize(
-            graph, size, _ints(blocks), seconds, out, l2, seed, rtol, threads, lr_scale=lr_scale
+            graph, size, block_list, seconds, out, l2, seed, rtol, threads, lr_scale=lr_scale
         )
 
 
@@ -416,7 +492,9 @@ def _add_scale(learn, typer) -> None:
         out: str = typer.Option("runs/learn"),
     ):
         """Seconds per BBPL step at a fixed block size as the graph grows."""
-        run_scale(graph, _ints(sizes), block_nodes, steps, out, seed, threads)
+        size_list = _ints(sizes)
+        _check_common(graph, size_list, out, threads, block_nodes=block_nodes, steps=steps)
+        run_scale(graph, size_list, block_nodes, steps, out, seed, threads)
 
 
 def _add_segment(learn, typer) -> None:
@@ -437,6 +515,7 @@ def _add_segment(learn, typer) -> None:
         out: str = typer.Option("runs/segment"),
     ):
         """CRF segmentation learning on the Stanford Background layout; pixel accuracy."""
+        _check_segment(data, synthetic, out, train, test, downsample, method, steps, blocks, threads)
         run_segment(
             data, synthetic, out, train, test, downsample, method, steps, blocks, seed, threads
         )

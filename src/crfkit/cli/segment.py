@@ -28,6 +28,17 @@ def _normalisation(cfg):
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def _check_out_file(out: str) -> None:
+    """Refuse an ``--out`` file path that cannot be written (empty, a folder, under a missing folder)."""
+    from .._validation import CRFValueError
+
+    if not out.strip() or os.path.isdir(out):
+        raise CRFValueError(f"expected --out a file path, got {out!r}" + (", a folder" if out.strip() else ""))
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise CRFValueError(f"expected --out in a writable folder, got {out!r} ({parent!r} is not one)")
+
+
 def _clean_errors(fn):
     """Show a user error (missing data, bad config) as one line and exit with status 2."""
     import functools
@@ -41,6 +52,45 @@ def _clean_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _load_state(checkpoint: str) -> dict:
+    """The checkpoint's saved state, or a one-line error naming the file when it is not a crfkit
+    checkpoint (not a torch file, truncated, or without ``model`` and ``config``)."""
+    import pickle
+
+    from .._validation import CRFValueError
+    from ..training.checkpoint import load_checkpoint
+
+    if os.path.isdir(checkpoint):
+        raise CRFValueError(f"expected a checkpoint file (checkpoint.pt of a run), got a folder: {checkpoint}")
+    try:
+        state = load_checkpoint(checkpoint)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        kind = "an empty or truncated file" if isinstance(exc, EOFError) else "a file torch cannot read"
+        raise CRFValueError(
+            f"expected a crfkit checkpoint (checkpoint.pt of a run), got {kind}: {checkpoint}"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        raise CRFValueError(
+            f"expected a crfkit checkpoint (a dict with 'model' and 'config'), got another torch file: {checkpoint}"
+        )
+    return state
+
+
+def _load_model(checkpoint: str, cfg, device: str):
+    """``load_model`` with one-line errors for a file that is not a crfkit checkpoint of this model."""
+    from .._validation import CRFValueError
+    from ..training import load_model
+
+    _load_state(checkpoint)
+    try:
+        return load_model(checkpoint, cfg, device)
+    except (RuntimeError, KeyError) as exc:  # load_state_dict: the weights do not fit the config
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CRFValueError(
+            f"expected a checkpoint whose weights fit its config, got {checkpoint} ({first})"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -70,8 +120,10 @@ def _train_cmd(
 ):
     """Train a segmentation model (DDP when started by torchrun)."""
     from ..training import load_config, train
+    from .main import check_out_folder
 
     cfg = load_config(config, list(set_))
+    check_out_folder(out)
     cfg.train.progress = cfg.train.progress and progress
     summary = train(cfg, out, resume=resume, evaluate_at_end=not no_eval)
     m = summary.get("metrics")
@@ -102,18 +154,19 @@ def _eval_cmd(
         build_datasets,
         evaluate,
         load_config,
-        load_model,
     )
-    from ..training.checkpoint import atomic_write_text, load_checkpoint
+    from ..training.checkpoint import atomic_write_text
 
-    state = load_checkpoint(checkpoint)
+    if out is not None:
+        _check_out_file(out)
+    state = _load_state(checkpoint)
     cfg = (
         load_config(config, list(set_))
         if config
         else apply_overrides(Config.from_dict(state["config"]), list(set_))
     )
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    model, cfg = load_model(checkpoint, cfg, device)
+    model, cfg = _load_model(checkpoint, cfg, device)
     _, val = build_datasets(cfg, train=False)
     if val is None:
         raise typer.BadParameter("no validation split configured (data.val_split)")
@@ -138,10 +191,16 @@ def _predict_cmd(
     """Segment images; write palette PNGs (PASCAL VOC colours)."""
     import torch
 
-    from ..training import load_model, predict_images
+    from .._validation import CRFValueError
+    from ..training import predict_images
+    from .main import check_out_folder
 
+    missing = [p for p in images if not os.path.isfile(p)]
+    if missing:
+        raise CRFValueError(f"expected image files, got {len(missing)} that are not files: {missing[0]!r}")
+    check_out_folder(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, cfg = load_model(checkpoint, None, device)
+    model, cfg = _load_model(checkpoint, None, device)
     mean, std = _normalisation(cfg)
     written = predict_images(model, images, out, device, mean=mean, std=std, progress=progress)
     typer.echo(f"wrote {len(written)} predictions to {out}")

@@ -52,7 +52,15 @@ def write_pfm(path: str | os.PathLike, image, *, little_endian: bool = True) -> 
     dtype = np.dtype("<f4") if little_endian else np.dtype(">f4")
     body = np.ascontiguousarray(image[::-1].astype(dtype)).tobytes()
     header = tag + b"\n" + f"{W} {H}\n".encode() + (b"-1\n" if little_endian else b"1\n")
-    atomic_write_bytes(path, header + body)
+    if os.path.isdir(path):
+        raise CRFValueError(f"expected path to be a file path, got a folder: {os.fspath(path)!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise CRFValueError(f"expected path in a folder, got {os.fspath(path)!r}, under the file {parent!r}")
+    try:
+        atomic_write_bytes(path, header + body)
+    except OSError as exc:  # named by the path asked for, not the temporary file beside it
+        raise type(exc)(exc.errno, f"cannot write the PFM file ({exc.strerror})", os.fspath(path)) from None
 
 
 def _next_token(data: bytes, pos: int) -> tuple[bytes, int]:
@@ -75,6 +83,8 @@ def read_pfm(path: str | os.PathLike, *, with_scale: bool = False):
     With ``with_scale=True`` returns ``(image, scale)`` where ``scale`` is the header's
     magnitude (the sign only gives the byte order).  Malformed files raise ``ValueError``.
     """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise CRFTypeError(f"expected path to be a file path (str or os.PathLike), got {type(path).__name__}")
     with open(path, "rb") as fh:
         data = fh.read()
     tag, pos = _next_token(data, 0)

@@ -31,9 +31,11 @@ tuple is refused.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._validation import CRFShapeError, CRFTypeError, CRFValueError, check_finite, check_tensor, fmt_shape
@@ -64,9 +66,21 @@ def coerce_weight(weight, name: str) -> torch.Tensor | float:
         if not weight.is_floating_point():
             raise CRFTypeError(f"expected {name} to have a floating dtype, got {weight.dtype}")
         return weight
-    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+    if isinstance(weight, numbers.Real) and not isinstance(weight, (bool, np.bool_)):
         return float(weight)
-    raise CRFTypeError(f"expected {name} to be a tensor or a number, got {type(weight).__name__}")
+    raise CRFTypeError(f"expected {name} to be a tensor or a real number, got {type(weight).__name__} {weight!r:.40}")
+
+
+def _check_truncation(truncation) -> float:
+    """``truncation`` as a float, > 0 and finite (a real number: bools, strings, tensors refused)."""
+    if not isinstance(truncation, numbers.Real) or isinstance(truncation, (bool, np.bool_)):
+        raise CRFTypeError(
+            f"expected truncation to be a real number > 0, got {type(truncation).__name__} {truncation!r:.40}"
+        )
+    t = float(truncation)
+    if not (t > 0) or t == float("inf"):
+        raise CRFValueError(f"expected truncation > 0 and finite, got {truncation!r}")
+    return t
 
 
 @dataclass(frozen=True)
@@ -289,9 +303,8 @@ class TruncatedLinear(PairwiseForm):
     nonneg = None
 
     def __post_init__(self):
-        t = float(self.truncation)
-        if not (t > 0) or t == float("inf"):
-            raise CRFValueError(f"expected truncation > 0 and finite, got {self.truncation!r}")
+        _check_truncation(self.truncation)
+        coerce_weight(self.weight, "weight")  # the type only: values are checked against a model
 
     def tensors(self):
         return [self.weight] if isinstance(self.weight, torch.Tensor) else []

@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "apply_overrides",
+    "validate_config",
 ]
 
 
@@ -111,7 +112,74 @@ class Config:
     def from_dict(cls, d: dict) -> Config:
         cfg = cls()
         _merge(cfg, d, "")
-        return cfg
+        return validate_config(cfg)
+
+
+#: Accepted values of the fields that name a choice.
+CHOICES = {
+    "model.backbone": ("resnet50", "xception65", "small"),
+    "model.head": ("block4", "aspp", "none"),
+    "model.pairwise_form": ("full", "weighted", "lowrank"),
+    "model.output_stride": (8, 16, 32),
+    "data.name": ("voc", "voc_train_aug", "sbd", "stanford_background", "shapes"),
+    "train.amp_dtype": ("bfloat16", "float16"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+#: Lowest accepted value of the numeric fields (``(low, True)``: strictly above ``low``); every
+#: float must be finite too. Fields not listed (seeds) take any integer.
+LOWEST = {
+    "model.num_classes": (2, False), "model.crf_iters": (0, False), "model.crf_gamma": (0, False),
+    "model.pairwise_rank": (1, False), "model.pairwise_init_std": (0, False),
+    "model.small_width": (1, False), "model.small_channels": (1, False),
+    "data.crop_size": (1, False), "data.scale_min": (0, True), "data.scale_max": (0, True),
+    "data.rotation": (0, False), "data.brightness": (0, False), "data.contrast": (0, False),
+    "data.saturation": (0, False), "data.num_workers": (0, False), "data.eval_pad_to": (0, False),
+    "data.shapes_train_images": (1, False), "data.shapes_val_images": (1, False), "data.shapes_size": (8, False),
+    "optim.lr": (0, True), "optim.momentum": (0, False), "optim.weight_decay": (0, False),
+    "optim.poly_power": (0, False),
+    "train.steps": (1, False), "train.batch_size": (1, False), "train.eval_batch_size": (1, False),
+    "train.checkpoint_every": (0, False), "train.eval_every": (0, False), "train.log_every": (0, False),
+}
+
+
+#: Highest accepted value of the fields that size an allocation (a generated image's side).
+HIGHEST = {"data.shapes_size": 4096, "data.crop_size": 8192}
+
+
+def validate_config(cfg: Config) -> Config:
+    """Refuse values out of range (a negative learning rate, an unknown backbone, NaN, ...) with a
+    one-line error naming the key; returns ``cfg``."""
+    from ..models.grid import check_offsets
+
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise CRFValueError(f"expected {key} in {allowed}, got {value!r}")
+    for key, (low, strict) in LOWEST.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        bad = value != value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low)
+        if bad:
+            rng = (f"> {low}" if strict else f">= {low}") + (" and finite" if isinstance(value, float) else "")
+            raise CRFValueError(f"expected {key} {rng}, got {value!r}")
+    for key, high in HIGHEST.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value > high:
+            raise CRFValueError(f"expected {key} <= {high}, got {value!r}")
+    if cfg.data.scale_max < cfg.data.scale_min:
+        raise CRFValueError(
+            f"expected data.scale_min <= data.scale_max, got {cfg.data.scale_min} > {cfg.data.scale_max}"
+        )
+    if not cfg.optim.momentum < 1:
+        raise CRFValueError(f"expected optim.momentum in [0, 1), got {cfg.optim.momentum!r}")
+    try:
+        check_offsets(cfg.model.offsets)
+    except ValueError as exc:  # CRFTypeError / CRFValueError, named here
+        raise type(exc)(f"model.offsets: {exc}") from None
+    return cfg
 
 
 def _coerce(value, current, key: str):
@@ -170,10 +238,21 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     """Defaults, then the TOML file at ``path`` (if any), then ``section.key=value`` overrides."""
     cfg = Config()
     if path:
+        if not isinstance(path, (str, os.PathLike)):
+            raise CRFTypeError(f"expected the config path as a string, got {type(path).__name__} {path!r}")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
+            what = "a folder, not a file" if os.path.isdir(path) else "not found"
+            raise FileNotFoundError(f"config file {what}: {path}")
+        tomllib = _toml()
         with open(path, "rb") as fh:
-            _merge(cfg, _toml().load(fh), f" in {path}")
+            data = fh.read()
+        try:
+            table = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CRFValueError(f"expected a UTF-8 TOML config file, got undecodable bytes in {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise CRFValueError(f"expected a TOML config file, got invalid TOML in {path}: {exc}") from None
+        _merge(cfg, table, f" in {path}")
     return apply_overrides(cfg, overrides or [])
 
 
@@ -186,6 +265,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         optim=dataclasses.replace(cfg.optim),
         train=dataclasses.replace(cfg.train),
     )
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
+        raise CRFTypeError(f"expected overrides as a list of 'section.key=value' strings, got {overrides!r}")
     tomllib = _toml()
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -204,4 +285,4 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         ):
             value = raw.strip()
         _merge(cfg, {section: {name: value}}, f" (override {item!r})")
-    return cfg
+    return validate_config(cfg)
