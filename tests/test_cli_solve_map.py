@@ -65,6 +65,11 @@ def test_out_is_checked_before_solving(model, tmp_path):
         _app(), ["solve", str(path), "--task", "MAP", "--out", str(tmp_path / "nope" / "r.MAP"), "--quiet"]
     )
     assert r.exit_code == 2 and "existing folder" in r.output
+    r = CliRunner().invoke(_app(), ["solve", str(path), "--task", "MAP", "--out", "", "--quiet"])
+    assert r.exit_code == 2 and "expected --out a file path, got ''" in r.output
+    if os.path.isdir("/proc/self"):  # a folder where even root cannot create files
+        r = CliRunner().invoke(_app(), ["solve", str(path), "--task", "MAP", "--out", "/proc/x.MAP", "--quiet"])
+        assert r.exit_code == 2 and "writable folder" in r.output and "/proc/x.MAP" in r.output
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir()

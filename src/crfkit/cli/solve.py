@@ -26,6 +26,7 @@ the unit of the competitions).
 import json
 import math
 import os
+import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -59,6 +60,12 @@ def check_writable(out: Path) -> None:
     for p in (out, Path(os.fspath(out) + ".json")):
         if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
             raise ValueError(f"expected a writable result file, got {p} (a directory or read-only)")
+    try:  # a real write: os.access says yes to root on folders such as /proc
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"expected --out in a writable folder, got {out} ({exc.strerror or exc})") from None
 
 
 def _feasible_floor(model) -> float | None:
@@ -143,6 +150,8 @@ def solve_file(
     """
     task, method = _check_args(task, method, dtype, time_limit)
     model_path = Path(model_path)
+    if out is not None and not os.fspath(out).strip():
+        raise ValueError(f"expected --out a file path, got {os.fspath(out)!r}")
     out = Path(out) if out is not None else model_path.with_name(model_path.name + "." + task)
     check_writable(out)
     t0 = time.perf_counter()
@@ -342,7 +351,7 @@ def register(app) -> None:
             ),
         ] = 1000,
         out: Annotated[
-            Optional[Path],  # noqa: UP045
+            Optional[str],  # noqa: UP045  (a string: typer would turn "" into the folder ".")
             typer.Option(
                 "--out",
                 help="Result file (default: MODEL.TASK beside the model); summary in OUT.json.",
