@@ -871,3 +871,18 @@ def test_every_float_dtype_has_a_usable_gamma_range(dtype):
     assert torch.isfinite(res.dual).all() and torch.isfinite(res.primal).all()
     out = DualDecompositionCRF(2, 2.0)(unary(dtype=dtype), [crfkit.Potts(0.5)] * K)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("flag", ["no", 1, None])
+def test_models_refuse_a_non_boolean_validate_args(flag):
+    with pytest.raises(TypeError, match="validate_args to be True or False"):
+        crfkit.GraphMRF(torch.randn(4, 3), torch.tensor([[0, 1], [1, 2]]), crfkit.Potts(1.0), validate_args=flag)
+    with pytest.raises(TypeError, match="validate_args to be True or False"):
+        crfkit.GridCRF(torch.randn(1, 3, 4, 4), [crfkit.Potts(1.0)], offsets=[(0, 1)], validate_args=flag)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_belief_propagation_names_the_dtypes_it_supports(dtype):
+    mrf = crfkit.GraphMRF(torch.randn(4, 3, dtype=dtype), torch.tensor([[0, 1], [1, 2], [2, 3]]), crfkit.Potts(1.0))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        crfkit.belief_propagation(mrf)

@@ -144,6 +144,13 @@ def check_int(value, name: str, low: int = 0) -> int:
     return v
 
 
+def check_flag(value, name: str) -> bool:
+    """A boolean option: ``True``/``False`` (numpy bools too), not a string or a number."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise CRFTypeError(f"expected {name} to be True or False, got {type(value).__name__} {value!r}")
+
+
 def check_number(value, name: str) -> float:
     """``value`` as a float (a real number: bools, strings and complex numbers refused)."""
     if isinstance(value, (bool, str, bytes, complex)):

@@ -193,6 +193,11 @@ def marginals(
         :class:`BPResult` (``node_beliefs``, ``edge_beliefs``, ``log_partition``, ...).
     """
     mrf = _as_graph_mrf(mrf)
+    if mrf.unary.dtype not in (torch.float32, torch.float64):
+        raise CRFTypeError(
+            f"expected a float32 or float64 model for convex BP, got {mrf.unary.dtype} (convert it, e.g. "
+            f"GraphMRF(unary.float(), ...))"
+        )
     if method not in METHODS:
         raise CRFValueError(f"expected method in {METHODS}, got {method!r}")
     if method == "exact":

@@ -8,6 +8,7 @@ from .._validation import (
     CRFShapeError,
     CRFValueError,
     check_finite,
+    check_flag,
     check_labels,
     check_score_range,
     check_tensor,
@@ -47,7 +48,7 @@ class GraphMRF:
             self.batched = True
         if sizes["N"] == 0 or sizes["L"] == 0 or sizes.get("B", 1) == 0:
             raise CRFShapeError(f"expected a non-empty model: unary with N >= 1 and L >= 1, got {fmt_shape(unary.shape)}")
-        self.validate_args = bool(validate_args)
+        self.validate_args = check_flag(validate_args, "validate_args")
         if self.validate_args:
             check_finite(unary, "unary")
         sizes = check_tensor(edges, "edges", "E 2", sizes, integer=True)

@@ -12,6 +12,7 @@ from .._validation import (
     CRFTypeError,
     CRFValueError,
     check_finite,
+    check_flag,
     check_labels,
     check_score_range,
     check_tensor,
@@ -85,7 +86,7 @@ class GridCRF:
         sizes = check_tensor(unary, "unary", "B L H W", floating=True)
         if min(sizes["B"], sizes["L"], sizes["H"], sizes["W"]) == 0:
             raise CRFShapeError(f"expected a non-empty grid: unary of shape [B, L, H, W] with all sizes >= 1, got {fmt_shape(unary.shape)}")
-        self.validate_args = bool(validate_args)
+        self.validate_args = check_flag(validate_args, "validate_args")
         if self.validate_args:
             check_finite(unary, "unary")
         self.unary = unary
