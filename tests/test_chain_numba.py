@@ -184,6 +184,28 @@ def test_max_subgradient_and_viterbi_match_torch(case):
     assert torch.equal(nb.chain_viterbi_numba(u, pw, lens), chain_viterbi_torch(u, pw, lens))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("gamma", [0.0, 0.4])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_marginals_without_grad_equal_the_saving_path(case, gamma, dtype):
+    """Without autograd the kernel keeps one forward message per chain and leaves its arrays
+    uninitialised: the marginals (zero on padding) and values equal, bit for bit, those of the path
+    that saves the messages for a backward (itself checked against the reference above)."""
+    kind, truncation, sign = case
+    rng = np.random.default_rng(7)
+    C, n, L = 9, 8, 5
+    unary, arrays, lengths = make_chains(rng, C, n, L, kind, truncation, sign)
+    lens = torch.tensor(lengths)
+    u = torch.tensor(unary, dtype=dtype, requires_grad=True)
+    saved = nb.chain_marginals_numba(u, pairwise_of(kind, tensors(arrays, dtype), truncation), lens, gamma)
+    assert saved[0].requires_grad
+    for _ in range(2):  # the second call may reuse the first one's freed memory (garbage on padding)
+        with torch.no_grad():
+            lean = nb.chain_marginals_numba(u, pairwise_of(kind, tensors(arrays, dtype), truncation), lens, gamma)
+        assert not lean[0].requires_grad
+        assert torch.equal(lean[0], saved[0].detach()) and torch.equal(lean[1], saved[1].detach())
+
+
 def test_expanded_weighted_table_and_value_gradient():
     """The weighted form's shared table may be an expanded view (one table per offset): its
     gradient sums over chains; d value / d unary = softmax(marginal / gamma) (closed form)."""

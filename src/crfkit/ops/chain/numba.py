@@ -89,7 +89,7 @@ __all__ = [
 DENSE, WEIGHTED, TRUNCATED = 0, 1, 2
 SLOW, TL_MAX, POTTS_LSE = 0, 1, 2
 # forward modes
-VALUES, MARGINALS, VITERBI = 0, 1, 2
+VALUES, MARGINALS, VITERBI, MARGINALS_NOGRAD = 0, 1, 2, 3
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
 _PJIT = dict(parallel=True, cache=True, fastmath=False, nogil=True)
@@ -478,6 +478,8 @@ def _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, m, f, g, 
         value[c] = _smax(x, L, prm)
         return
     gc = g[c]
+    for a in range(L):  # the last backward message (``g`` may be uninitialised memory)
+        gc[m - 1, a] = 0
     for j in range(m - 2, -1, -1):
         tab, s, w = _edge(form, tabs, weight, c, j)
         for a in range(L):
@@ -496,6 +498,9 @@ def _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, m, f, g, 
             lab = _argmax(x, L)
             labels[c, k + 1] = lab
         return
+    if mode == MARGINALS_NOGRAD:
+        _marginals_nograd(form, fast, c, u, gc, tabs, weight, prm, pos, m, marg[c], sc, isc)
+        return
     fc = f[c]
     for k in range(m - 1):
         tab, s, w = _edge(form, tabs, weight, c, k)
@@ -507,11 +512,35 @@ def _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, m, f, g, 
             marg[c, k, a] = u[k, a] + fc[k, a] + gc[k, a]
 
 
+@njit(**_JIT)
+def _marginals_nograd(form, fast, c, u, gc, tabs, weight, prm, pos, m, mc, sc, isc):
+    """The forward messages of chain ``c`` as one ``L``-vector (nothing kept for a backward), each
+    position's marginal written as soon as its message is known, padding set to zero; the same
+    operations in the same order as the MARGINALS mode, so the same values bit for bit."""
+    L = u.shape[1]
+    x, fv, fn = sc[0], sc[4], sc[5]
+    for a in range(L):
+        fv[a] = 0
+    for k in range(m):
+        for a in range(L):
+            mc[k, a] = u[k, a] + fv[a] + gc[k, a]
+        if k < m - 1:
+            tab, s, w = _edge(form, tabs, weight, c, k)
+            for a in range(L):
+                x[a] = u[k, a] + fv[a]
+            _step(fast, x, fn, tab, s, w, False, prm, pos, L, sc, isc)
+            fv, fn = fn, fv
+    for k in range(m, mc.shape[0]):
+        for a in range(L):
+            mc[k, a] = 0
+
+
 @njit(**_PJIT)
 def _forward(mode, form, fast, unary, tabs, weight, prm, pos, lengths, f, g, marg, value, labels, sc, isc):
     """All chains in parallel. ``mode``: VALUES (``value`` only, one pass of messages), MARGINALS
     (``f``, ``g``, ``marg`` ``[C, n, L]`` and ``value``; arrays zero-initialised by the caller) or
-    VITERBI (``g`` and ``labels [C, n]``). Unused outputs may be empty arrays."""
+    VITERBI (``g`` and ``labels [C, n]``) or MARGINALS_NOGRAD (``marg`` and ``value``; ``g`` scratch,
+    ``f`` unused; neither needs initialising). Unused outputs may be empty arrays."""
     for c in prange(unary.shape[0]):
         _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, lengths[c],
                        f, g, marg, value, labels, sc[c], isc[c])
@@ -654,10 +683,14 @@ class _Launch:
 
     def forward(self, mode):
         C, n, L = self.C, self.n, self.L
-        full = mode != VALUES
-        g = np.zeros((C, n, L), dtype=self.unary.dtype) if full else self.empty3()
-        f = np.zeros((C, n, L), dtype=self.unary.dtype) if mode == MARGINALS else self.empty3()
-        marg = np.zeros((C, n, L), dtype=self.unary.dtype) if mode == MARGINALS else self.empty3()
+        dt = self.unary.dtype
+        # MARGINALS keeps f and g for the backward (zero on padding); the other modes write every
+        # entry they read, so their arrays are left uninitialised
+        g = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((C, n, L), dt)
+             if mode != VALUES else self.empty3())
+        f = np.zeros((C, n, L), dt) if mode == MARGINALS else self.empty3()
+        marg = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((C, n, L), dt)
+                if mode == MARGINALS_NOGRAD else self.empty3())
         labels = np.zeros((C, n) if mode == VITERBI else (0, 0), dtype=np.int64)
         value = np.zeros(C, dtype=self.unary.dtype)
         with _threads():
@@ -725,6 +758,11 @@ def chain_marginals_numba(
     form, tables, weight, truncation = _unpack(pairwise)
     gamma = float(gamma)
     fast = _fast_code(pairwise, form, gamma, allow_sync)
+    tensors = (unary, tables, weight)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma, fast)
+        _, _, marg, value, _ = launch.forward(MARGINALS_NOGRAD)  # nothing kept for a backward
+        return torch.from_numpy(marg), torch.from_numpy(value)
     return _ChainMarginalsNumba.apply(unary, tables, weight, lengths, gamma, form, truncation, fast)
 
 
