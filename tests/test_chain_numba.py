@@ -332,6 +332,32 @@ def test_numba_is_the_cpu_default(monkeypatch):
     assert choose_implementation(u) == "torch"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_compiled_node_centring_matches_torch(dtype):
+    """The solver loop's compiled node centring (direction and projection without autograd)
+    equals the torch ops' (gathers per slot rank, ``index_add``, division, broadcast) bit for bit,
+    on a grid with long-range offsets (nodes in 1 to 4 chains) and on padded chains."""
+    import crfkit
+    from crfkit.decomposition.grid import grid_chain_problem
+    from crfkit.inference.dual_decomposition import DualDecomposition
+
+    g = torch.Generator().manual_seed(3)
+    L = 4
+    crf = crfkit.GridCRF(torch.randn(2, L, 5, 6, generator=g, dtype=dtype),
+                         torch.randn(2, 3, L, L, 5, 6, generator=g, dtype=dtype), offsets=((0, 1), (1, 0), (2, 1)))
+    problem = grid_chain_problem(crf)
+    compiled, plain = DualDecomposition(problem, "numba"), DualDecomposition(problem, "torch")
+    assert compiled._center is not None and plain._center is None
+    x = torch.randn(compiled.S, L, generator=g, dtype=dtype) * 10
+    with torch.no_grad():
+        want_center = x - plain.node_sum(x).div(plain.count[:, None]).index_select(0, plain.slot_node)
+        assert torch.equal(compiled.node_center(x), want_center)
+        assert torch.equal(compiled.direction(x), plain.direction(x))
+        assert torch.equal(compiled.project(x.clone(), overwrite=True), plain.project(x.clone(), overwrite=True))
+    # the layer's path (autograd on) stays on torch ops
+    assert torch.equal(compiled.direction(x), plain.direction(x))
+
+
 @pytest.mark.parametrize("form", ["tl", "potts", "weighted"])
 def test_solve_map_with_the_numba_default_matches_torch(monkeypatch, form):
     """End to end, the real CPU default (numba: marginals, certificate values, ICM's Viterbi) gives

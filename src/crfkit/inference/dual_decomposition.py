@@ -128,6 +128,7 @@ class DualDecomposition:
             )
         self.count = count
         self._sum = _NodeSum(self.slot_node, V) if device.type == "cpu" else None
+        self._center = _compiled_center(self.slot_node, V, count, implementation)
         # per group: the slot of each padded position (``0`` on padding: its value is ignored by the
         # kernels), and whether the group has no padding (its slots are then a view)
         self._gather = [(flat.numel() == valid.numel(), valid.reshape(-1).long().cumsum(0).sub_(1).clamp_(min=0))
@@ -145,6 +146,16 @@ class DualDecomposition:
             return self._sum(x)
         return x.new_zeros(self.V, x.shape[1]).index_add(0, self.slot_node, x)
 
+    def node_center(self, x: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+        """``x - node_mean(x)`` (``overwrite``: into ``x``, a temporary; only without autograd);
+        compiled in one pass when the chain kernels run on numba (same values bit for bit)."""
+        if self._center is not None and _inplace():
+            module, order = self._center
+            return module.node_center(x, order, out=x if overwrite else None)
+        if overwrite and _inplace():
+            return x.sub_(self.node_mean(x))
+        return x - self.node_mean(x)
+
     def node_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over the slots of each node, broadcast back to slots: ``[S, L] -> [S, L]``."""
         if _inplace():
@@ -154,10 +165,9 @@ class DualDecomposition:
     def project(self, lam: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
         """Remove the directions that change nothing: zero sum over each node's slots, zero mean over labels.
         ``overwrite``: ``lam`` may be modified in place (a temporary; only without autograd)."""
+        lam = self.node_center(lam, overwrite=overwrite)
         if overwrite and _inplace():
-            lam = lam.sub_(self.node_mean(lam))
             return lam.sub_(lam.mean(dim=1, keepdim=True))
-        lam = lam - self.node_mean(lam)
         return lam - lam.mean(dim=1, keepdim=True)
 
     def psi(self, lam: torch.Tensor) -> torch.Tensor:
@@ -206,7 +216,7 @@ class DualDecomposition:
 
     def direction(self, mu: torch.Tensor) -> torch.Tensor:
         """Eq. (19)/(42) without the step: ``μ_i^t − mean_{t'} μ_i^{t'}`` (label mean removed)."""
-        d = mu - self.node_mean(mu)
+        d = self.node_center(mu)
         if _inplace():
             return d.sub_(d.mean(dim=1, keepdim=True))
         return d - d.mean(dim=1, keepdim=True)
@@ -249,6 +259,20 @@ class DualDecomposition:
             return lam_new, mu_new, dual_new, ok
         take = ok[self.slot_batch][:, None]
         return torch.where(take, lam_new, lam), torch.where(take, mu_new, mu), torch.where(ok, dual_new, dual), ok
+
+
+def _compiled_center(slot_node: torch.Tensor, V: int, count: torch.Tensor, implementation: str | None):
+    """``(module, order)`` for the compiled node centring when the chain kernels run on numba here
+    (CPU float32/float64), else ``None`` (torch ops)."""
+    from ..ops.chain import choose_implementation
+
+    if count.dtype not in (torch.float32, torch.float64) or choose_implementation(count, implementation) != "numba":
+        return None
+    from ..ops.chain import numba_conditional
+
+    if not numba_conditional.AVAILABLE:
+        return None
+    return numba_conditional, numba_conditional.SlotOrder(slot_node, V, count)
 
 
 def _inplace() -> bool:
