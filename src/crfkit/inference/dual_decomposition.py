@@ -129,6 +129,7 @@ class DualDecomposition:
         self.count = count
         self._sum = _NodeSum(self.slot_node, V) if device.type == "cpu" else None
         self._center = _compiled_center(self.slot_node, V, count, implementation)
+        self._psi_buf = None
         # per group: the slot of each padded position (``0`` on padding: its value is ignored by the
         # kernels), and whether the group has no padding (its slots are then a view)
         self._gather = [(flat.numel() == valid.numel(), valid.reshape(-1).long().cumsum(0).sub_(1).clamp_(min=0))
@@ -173,6 +174,17 @@ class DualDecomposition:
     def psi(self, lam: torch.Tensor) -> torch.Tensor:
         return self.base + lam
 
+    def _psi_scratch(self, lam: torch.Tensor) -> torch.Tensor:
+        """:meth:`psi` for one evaluation: without autograd on the CPU, into one array reused by
+        every call (a fresh ``[S, L]`` array costs several in-place passes here); the chain kernels
+        only read it and return new arrays."""
+        if not (_inplace() and lam.device.type == "cpu"):
+            return self.psi(lam)
+        buf = self._psi_buf
+        if buf is None or buf.shape != lam.shape or buf.dtype != lam.dtype:
+            buf = self._psi_buf = torch.empty_like(lam, memory_format=torch.contiguous_format)
+        return torch.add(self.base, lam, out=buf)
+
     # -- evaluation ----------------------------------------------------------------------
     def _chain_unary(self, psi: torch.Tensor, gi: int) -> torch.Tensor:
         g = self.problem.groups[gi]
@@ -188,7 +200,7 @@ class DualDecomposition:
 
     def evaluate(self, lam: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Marginals ``μ [S, L]`` and the dual per batch element ``[B]`` (float64) at ``λ``."""
-        psi = self.psi(lam)
+        psi = self._psi_scratch(lam)
         mus, B = [], self.problem.batch_size
         dual = torch.zeros(B, dtype=torch.float64, device=lam.device)
         for gi, g in enumerate(self.problem.groups):
@@ -204,7 +216,7 @@ class DualDecomposition:
 
     def evaluate_value(self, lam: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
         """The dual ``D_γ`` per batch element ``[B]`` (float64), values only (no marginals, no grad)."""
-        psi = self.psi(lam.detach())
+        psi = self._psi_scratch(lam.detach())
         dual = torch.zeros(self.problem.batch_size, dtype=torch.float64, device=lam.device)
         for gi, g in enumerate(self.problem.groups):
             value = chain_values(
@@ -257,6 +269,8 @@ class DualDecomposition:
             ok = ok | force
         if not ok.is_cuda and bool(ok.all()):  # every step accepted (a free check on the CPU): no selects
             return lam_new, mu_new, dual_new, ok
+        if not ok.is_cuda and not bool(ok.any()):  # every step undone: the old iterate, no selects
+            return lam, mu, dual, ok
         take = ok[self.slot_batch][:, None]
         return torch.where(take, lam_new, lam), torch.where(take, mu_new, mu), torch.where(ok, dual_new, dual), ok
 
