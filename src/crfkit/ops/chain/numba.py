@@ -459,8 +459,9 @@ def _edge(form, tabs, weight, c, k):
 
 
 @njit(**_JIT)
-def _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, m, f, g, marg, value, labels, sc, isc):
-    """Forward program of chain ``c`` with ``m`` valid positions; see :func:`_forward`."""
+def _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, m, f, gc, marg, value, labels, sc, isc):
+    """Forward program of chain ``c`` with ``m`` valid positions, its backward messages in ``gc
+    [n, L]``; see :func:`_forward`."""
     L = unary.shape[2]
     u = unary[c]
     x = sc[0]
@@ -477,7 +478,6 @@ def _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, m, f, g, 
             x[a] = u[0, a] + gv[a]
         value[c] = _smax(x, L, prm)
         return
-    gc = g[c]
     for a in range(L):  # the last backward message (``g`` may be uninitialised memory)
         gc[m - 1, a] = 0
     for j in range(m - 2, -1, -1):
@@ -539,11 +539,20 @@ def _marginals_nograd(form, fast, c, u, gc, tabs, weight, prm, pos, m, mc, sc, i
 def _forward(mode, form, fast, unary, tabs, weight, prm, pos, lengths, f, g, marg, value, labels, sc, isc):
     """All chains in parallel. ``mode``: VALUES (``value`` only, one pass of messages), MARGINALS
     (``f``, ``g``, ``marg`` ``[C, n, L]`` and ``value``; arrays zero-initialised by the caller) or
-    VITERBI (``g`` and ``labels [C, n]``) or MARGINALS_NOGRAD (``marg`` and ``value``; ``g`` scratch,
-    ``f`` unused; neither needs initialising). Unused outputs may be empty arrays."""
+    VITERBI (``labels [C, n]``) or MARGINALS_NOGRAD (``marg`` and ``value``; ``f`` unused). Outside
+    MARGINALS, ``g`` is scratch ``[threads, n, L]`` (``[1, 0, 0]`` for VALUES) and no array needs
+    initialising. Unused outputs may be empty arrays."""
     for c in prange(unary.shape[0]):
+        # MARGINALS keeps every chain's g for the backward; VITERBI and MARGINALS_NOGRAD use it
+        # within the chain's program only: one [n, L] scratch per thread (cache-resident)
+        if mode == MARGINALS:
+            gc = g[c]
+        elif mode == VALUES:
+            gc = g[0]
+        else:
+            gc = g[numba.get_thread_id()]
         _chain_forward(mode, form, fast, c, unary, tabs, weight, prm, pos, lengths[c],
-                       f, g, marg, value, labels, sc[c], isc[c])
+                       f, gc, marg, value, labels, sc[c], isc[c])
 
 
 @njit(**_JIT)
@@ -686,8 +695,8 @@ class _Launch:
         dt = self.unary.dtype
         # MARGINALS keeps f and g for the backward (zero on padding); the other modes write every
         # entry they read, so their arrays are left uninitialised
-        g = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((C, n, L), dt)
-             if mode != VALUES else self.empty3())
+        g = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((1, 0, 0), dt) if mode == VALUES
+             else np.empty((numba.config.NUMBA_NUM_THREADS, n, L), dt))
         f = np.zeros((C, n, L), dt) if mode == MARGINALS else self.empty3()
         marg = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((C, n, L), dt)
                 if mode == MARGINALS_NOGRAD else self.empty3())
