@@ -332,6 +332,25 @@ def test_numba_is_the_cpu_default(monkeypatch):
     assert choose_implementation(u) == "torch"
 
 
+def test_marginals_into_out():
+    """Without autograd the marginals are written into ``out`` (returned), equal to a fresh call's;
+    an ``out`` of the wrong shape, dtype or layout is refused before any work."""
+    from crfkit._validation import CRFValueError
+
+    rng = np.random.default_rng(4)
+    unary, arrays, lengths = make_chains(rng, 5, 6, 4, "truncated_linear", 2.0, 1)
+    u, lens = torch.tensor(unary, dtype=torch.float32), torch.tensor(lengths)
+    pw = pairwise_of("truncated_linear", tensors(arrays, torch.float32), 2.0)
+    with torch.no_grad():
+        want, want_v = nb.chain_marginals_numba(u, pw, lens, 0.0)
+        out = torch.full_like(u, float("nan"))
+        got, got_v = nb.chain_marginals_numba(u, pw, lens, 0.0, out=out)
+        assert got is out and torch.equal(got, want) and torch.equal(got_v, want_v)
+        for bad in (torch.empty(5, 6, 3), torch.empty(5, 6, 4, dtype=torch.float64), torch.empty(5, 4, 6).mT):
+            with pytest.raises(CRFValueError, match="expected out"):
+                nb.chain_marginals_numba(u, pw, lens, 0.0, out=bad)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 def test_compiled_node_centring_matches_torch(dtype):
     """The solver loop's compiled node centring (direction and projection without autograd)

@@ -129,7 +129,7 @@ class DualDecomposition:
         self.count = count
         self._sum = _NodeSum(self.slot_node, V) if device.type == "cpu" else None
         self._center = _compiled_center(self.slot_node, V, count, implementation)
-        self._psi_buf = None
+        self._psi_buf = self._dir_buf = None
         # per group: the slot of each padded position (``0`` on padding: its value is ignored by the
         # kernels), and whether the group has no padding (its slots are then a view)
         self._gather = [(flat.numel() == valid.numel(), valid.reshape(-1).long().cumsum(0).sub_(1).clamp_(min=0))
@@ -203,16 +203,26 @@ class DualDecomposition:
         psi = self._psi_scratch(lam)
         mus, B = [], self.problem.batch_size
         dual = torch.zeros(B, dtype=torch.float64, device=lam.device)
+        # without autograd on the CPU the groups' marginals go straight into one [S, L] array (the
+        # compiled kernels write a group without padding in place; no concatenation)
+        mu = torch.empty(self.S, self.L, dtype=lam.dtype) if _inplace() and lam.device.type == "cpu" else None
         for gi, g in enumerate(self.problem.groups):
+            off, cnt, flat, _ = self.group_index[gi]
+            full = self._gather[gi][0]
+            dest = None if mu is None else mu[off : off + cnt]
             marg, value = chain_marginals(
                 self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma,
                 implementation=self.implementation, validate_args=self.validate_args,
+                out=dest.view(g.nodes.shape[0], g.nodes.shape[1], self.L) if dest is not None and full else None,
             )
-            _, _, flat, _ = self.group_index[gi]
-            full = self._gather[gi][0]
-            mus.append(marg.reshape(-1, self.L) if full else marg.reshape(-1, self.L).index_select(0, flat))
+            if dest is None:
+                mus.append(marg.reshape(-1, self.L) if full else marg.reshape(-1, self.L).index_select(0, flat))
+            elif not full:
+                torch.index_select(marg.reshape(-1, self.L), 0, flat, out=dest)
+            elif marg.data_ptr() != dest.data_ptr():  # a backend that does not take `out`
+                dest.copy_(marg.reshape(-1, self.L))
             dual = dual.index_add(0, self.chain_batch[gi], value.detach().double())
-        return torch.cat(mus), dual
+        return (torch.cat(mus) if mu is None else mu), dual
 
     def evaluate_value(self, lam: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
         """The dual ``D_γ`` per batch element ``[B]`` (float64), values only (no marginals, no grad)."""
@@ -232,6 +242,18 @@ class DualDecomposition:
         if _inplace():
             return d.sub_(d.mean(dim=1, keepdim=True))
         return d - d.mean(dim=1, keepdim=True)
+
+    def _direction_scratch(self, mu: torch.Tensor) -> torch.Tensor:
+        """:meth:`direction` for :meth:`step` without autograd: with the compiled node centring, into
+        one array reused by every step (same operations; the step only reads it)."""
+        if self._center is None or mu.device.type != "cpu":
+            return self.direction(mu)
+        buf = self._dir_buf
+        if buf is None or buf.shape != mu.shape or buf.dtype != mu.dtype:
+            buf = self._dir_buf = torch.empty_like(mu, memory_format=torch.contiguous_format)
+        module, order = self._center
+        d = module.node_center(mu, order, out=buf)
+        return d.sub_(d.mean(dim=1, keepdim=True))
 
     def node_beliefs(self, mu: torch.Tensor) -> torch.Tensor:
         """Summed marginals ``Σ_t μ_i^t``: ``[S, L] -> [V, L]``."""
@@ -253,7 +275,7 @@ class DualDecomposition:
         Returns ``(λ, μ, dual, accepted [B] or None)``.
         """
         if _inplace():  # the same arithmetic on fewer fresh [S, L] arrays (allocation is 4x a pass here)
-            lam_new = lam - self.direction(mu).mul_(alpha)
+            lam_new = lam - self._direction_scratch(mu).mul_(alpha)
             if extra is not None:
                 lam_new.add_(extra)
         else:

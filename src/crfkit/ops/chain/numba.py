@@ -690,7 +690,7 @@ class _Launch:
     def empty3(self):
         return np.zeros((0, 0, 0), dtype=self.unary.dtype)
 
-    def forward(self, mode):
+    def forward(self, mode, marg=None):
         C, n, L = self.C, self.n, self.L
         dt = self.unary.dtype
         # MARGINALS keeps f and g for the backward (zero on padding); the other modes write every
@@ -698,14 +698,28 @@ class _Launch:
         g = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((1, 0, 0), dt) if mode == VALUES
              else np.empty((numba.config.NUMBA_NUM_THREADS, n, L), dt))
         f = np.zeros((C, n, L), dt) if mode == MARGINALS else self.empty3()
-        marg = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((C, n, L), dt)
-                if mode == MARGINALS_NOGRAD else self.empty3())
+        if marg is None:
+            marg = (np.zeros((C, n, L), dt) if mode == MARGINALS else np.empty((C, n, L), dt)
+                    if mode == MARGINALS_NOGRAD else self.empty3())
         labels = np.zeros((C, n) if mode == VITERBI else (0, 0), dtype=np.int64)
         value = np.zeros(C, dtype=self.unary.dtype)
         with _threads():
             _forward(mode, self.form, self.fast, self.unary, self.tabs, self.weight, self.prm, self.pos,
                      self.lengths, f, g, marg, value, labels, self.sc, self.isc)
         return f, g, marg, value, labels
+
+
+def _out_array(out: torch.Tensor | None, unary: torch.Tensor) -> np.ndarray | None:
+    """``out``'s numpy view after checking it can hold the marginals of ``unary``."""
+    if out is None:
+        return None
+    if out.shape != unary.shape or out.dtype != unary.dtype or out.device.type != "cpu" or not out.is_contiguous():
+        raise CRFValueError(
+            f"expected out to be a contiguous CPU tensor of shape {tuple(unary.shape)} and dtype {unary.dtype}, "
+            f"got shape {tuple(out.shape)}, dtype {out.dtype} on {out.device}"
+            + ("" if out.is_contiguous() else " (not contiguous)")
+        )
+    return out.detach().numpy()
 
 
 class _ChainMarginalsNumba(torch.autograd.Function):
@@ -750,7 +764,8 @@ class _ChainMarginalsNumba(torch.autograd.Function):
 
 
 def chain_marginals_numba(
-    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float, *, allow_sync: bool = True
+    unary: torch.Tensor, pairwise, lengths: torch.Tensor, gamma: float, *, allow_sync: bool = True,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Smoothed) max-marginals of a batch of chains; see :func:`crfkit.ops.chain.chain_marginals`.
 
@@ -759,6 +774,8 @@ def chain_marginals_numba(
         lengths: ``[C]`` long, ``1 <= lengths <= n``; gamma: ``0`` (max) or ``> 0`` (smoothed max).
         allow_sync: may read the weights' sign to pick a fast path (``False``: a form whose sign
             is not known takes the exact table loop), as the torch path.
+        out: a contiguous ``[C, n, L]`` CPU tensor of ``unary``'s dtype the marginals are written
+            into (and returned) when no gradient is needed; ignored otherwise.
 
     Returns:
         ``marginals [C, n, L]`` (zero on padding), ``value [C]``; differentiable with respect to
@@ -770,8 +787,8 @@ def chain_marginals_numba(
     tensors = (unary, tables, weight)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         launch = _Launch(unary, form, tables, weight, truncation, lengths, gamma, fast)
-        _, _, marg, value, _ = launch.forward(MARGINALS_NOGRAD)  # nothing kept for a backward
-        return torch.from_numpy(marg), torch.from_numpy(value)
+        _, _, marg, value, _ = launch.forward(MARGINALS_NOGRAD, _out_array(out, unary))
+        return (torch.from_numpy(marg) if out is None else out), torch.from_numpy(value)
     return _ChainMarginalsNumba.apply(unary, tables, weight, lengths, gamma, form, truncation, fast)
 
 
