@@ -184,6 +184,28 @@ def test_max_subgradient_and_viterbi_match_torch(case):
     assert torch.equal(nb.chain_viterbi_numba(u, pw, lens), chain_viterbi_torch(u, pw, lens))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("gamma", [0.0, 0.4])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_marginals_without_grad_equal_the_saving_path(case, gamma, dtype):
+    """Without autograd the kernel keeps one forward message per chain and leaves its arrays
+    uninitialised: the marginals (zero on padding) and values equal, bit for bit, those of the path
+    that saves the messages for a backward (itself checked against the reference above)."""
+    kind, truncation, sign = case
+    rng = np.random.default_rng(7)
+    C, n, L = 9, 8, 5
+    unary, arrays, lengths = make_chains(rng, C, n, L, kind, truncation, sign)
+    lens = torch.tensor(lengths)
+    u = torch.tensor(unary, dtype=dtype, requires_grad=True)
+    saved = nb.chain_marginals_numba(u, pairwise_of(kind, tensors(arrays, dtype), truncation), lens, gamma)
+    assert saved[0].requires_grad
+    for _ in range(2):  # the second call may reuse the first one's freed memory (garbage on padding)
+        with torch.no_grad():
+            lean = nb.chain_marginals_numba(u, pairwise_of(kind, tensors(arrays, dtype), truncation), lens, gamma)
+        assert not lean[0].requires_grad
+        assert torch.equal(lean[0], saved[0].detach()) and torch.equal(lean[1], saved[1].detach())
+
+
 def test_expanded_weighted_table_and_value_gradient():
     """The weighted form's shared table may be an expanded view (one table per offset): its
     gradient sums over chains; d value / d unary = softmax(marginal / gamma) (closed form)."""
@@ -308,6 +330,51 @@ def test_numba_is_the_cpu_default(monkeypatch):
     assert choose_implementation(u) == "numba"
     monkeypatch.setenv("CRFKIT_CHAIN_IMPL", "torch")
     assert choose_implementation(u) == "torch"
+
+
+def test_marginals_into_out():
+    """Without autograd the marginals are written into ``out`` (returned), equal to a fresh call's;
+    an ``out`` of the wrong shape, dtype or layout is refused before any work."""
+    from crfkit._validation import CRFValueError
+
+    rng = np.random.default_rng(4)
+    unary, arrays, lengths = make_chains(rng, 5, 6, 4, "truncated_linear", 2.0, 1)
+    u, lens = torch.tensor(unary, dtype=torch.float32), torch.tensor(lengths)
+    pw = pairwise_of("truncated_linear", tensors(arrays, torch.float32), 2.0)
+    with torch.no_grad():
+        want, want_v = nb.chain_marginals_numba(u, pw, lens, 0.0)
+        out = torch.full_like(u, float("nan"))
+        got, got_v = nb.chain_marginals_numba(u, pw, lens, 0.0, out=out)
+        assert got is out and torch.equal(got, want) and torch.equal(got_v, want_v)
+        for bad in (torch.empty(5, 6, 3), torch.empty(5, 6, 4, dtype=torch.float64), torch.empty(5, 4, 6).mT):
+            with pytest.raises(CRFValueError, match="expected out"):
+                nb.chain_marginals_numba(u, pw, lens, 0.0, out=bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_compiled_node_centring_matches_torch(dtype):
+    """The solver loop's compiled node centring (direction and projection without autograd)
+    equals the torch ops' (gathers per slot rank, ``index_add``, division, broadcast) bit for bit,
+    on a grid with long-range offsets (nodes in 1 to 4 chains) and on padded chains."""
+    import crfkit
+    from crfkit.decomposition.grid import grid_chain_problem
+    from crfkit.inference.dual_decomposition import DualDecomposition
+
+    g = torch.Generator().manual_seed(3)
+    L = 4
+    crf = crfkit.GridCRF(torch.randn(2, L, 5, 6, generator=g, dtype=dtype),
+                         torch.randn(2, 3, L, L, 5, 6, generator=g, dtype=dtype), offsets=((0, 1), (1, 0), (2, 1)))
+    problem = grid_chain_problem(crf)
+    compiled, plain = DualDecomposition(problem, "numba"), DualDecomposition(problem, "torch")
+    assert compiled._center is not None and plain._center is None
+    x = torch.randn(compiled.S, L, generator=g, dtype=dtype) * 10
+    with torch.no_grad():
+        want_center = x - plain.node_sum(x).div(plain.count[:, None]).index_select(0, plain.slot_node)
+        assert torch.equal(compiled.node_center(x), want_center)
+        assert torch.equal(compiled.direction(x), plain.direction(x))
+        assert torch.equal(compiled.project(x.clone(), overwrite=True), plain.project(x.clone(), overwrite=True))
+    # the layer's path (autograd on) stays on torch ops
+    assert torch.equal(compiled.direction(x), plain.direction(x))
 
 
 @pytest.mark.parametrize("form", ["tl", "potts", "weighted"])

@@ -129,6 +129,8 @@ class DualDecomposition:
             )
         self.count = count
         self._sum = _NodeSum(self.slot_node, V) if device.type == "cpu" else None
+        self._center = _compiled_center(self.slot_node, V, count, implementation)
+        self._psi_buf = self._dir_buf = None
         # per group: the slot of each padded position (``0`` on padding: its value is ignored by the
         # kernels), and whether the group has no padding (its slots are then a view)
         self._gather = [(flat.numel() == valid.numel(), valid.reshape(-1).long().cumsum(0).sub_(1).clamp_(min=0))
@@ -146,6 +148,16 @@ class DualDecomposition:
             return self._sum(x)
         return x.new_zeros(self.V, x.shape[1]).index_add(0, self.slot_node, x)
 
+    def node_center(self, x: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+        """``x - node_mean(x)`` (``overwrite``: into ``x``, a temporary; only without autograd);
+        compiled in one pass when the chain kernels run on numba (same values bit for bit)."""
+        if self._center is not None and _inplace():
+            module, order = self._center
+            return module.node_center(x, order, out=x if overwrite else None)
+        if overwrite and _inplace():
+            return x.sub_(self.node_mean(x))
+        return x - self.node_mean(x)
+
     def node_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over the slots of each node, broadcast back to slots: ``[S, L] -> [S, L]``."""
         if _inplace():
@@ -155,14 +167,24 @@ class DualDecomposition:
     def project(self, lam: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
         """Remove the directions that change nothing: zero sum over each node's slots, zero mean over labels.
         ``overwrite``: ``lam`` may be modified in place (a temporary; only without autograd)."""
+        lam = self.node_center(lam, overwrite=overwrite)
         if overwrite and _inplace():
-            lam = lam.sub_(self.node_mean(lam))
             return lam.sub_(lam.mean(dim=1, keepdim=True))
-        lam = lam - self.node_mean(lam)
         return lam - lam.mean(dim=1, keepdim=True)
 
     def psi(self, lam: torch.Tensor) -> torch.Tensor:
         return self.base + lam
+
+    def _psi_scratch(self, lam: torch.Tensor) -> torch.Tensor:
+        """:meth:`psi` for one evaluation: without autograd on the CPU, into one array reused by
+        every call (a fresh ``[S, L]`` array costs several in-place passes here); the chain kernels
+        only read it and return new arrays."""
+        if not (_inplace() and lam.device.type == "cpu"):
+            return self.psi(lam)
+        buf = self._psi_buf
+        if buf is None or buf.shape != lam.shape or buf.dtype != lam.dtype:
+            buf = self._psi_buf = torch.empty_like(lam, memory_format=torch.contiguous_format)
+        return torch.add(self.base, lam, out=buf)
 
     # -- evaluation ----------------------------------------------------------------------
     def _chain_unary(self, psi: torch.Tensor, gi: int) -> torch.Tensor:
@@ -179,23 +201,33 @@ class DualDecomposition:
 
     def evaluate(self, lam: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Marginals ``μ [S, L]`` and the dual per batch element ``[B]`` (float64) at ``λ``."""
-        psi = self.psi(lam)
+        psi = self._psi_scratch(lam)
         mus, B = [], self.problem.batch_size
         dual = torch.zeros(B, dtype=torch.float64, device=lam.device)
+        # without autograd on the CPU the groups' marginals go straight into one [S, L] array (the
+        # compiled kernels write a group without padding in place; no concatenation)
+        mu = torch.empty(self.S, self.L, dtype=lam.dtype) if _inplace() and lam.device.type == "cpu" else None
         for gi, g in enumerate(self.problem.groups):
+            off, cnt, flat, _ = self.group_index[gi]
+            full = self._gather[gi][0]
+            dest = None if mu is None else mu[off : off + cnt]
             marg, value = chain_marginals(
                 self._chain_unary(psi, gi), g.pairwise, g.lengths, gamma,
                 implementation=self.implementation, validate_args=self.validate_args,
+                out=dest.view(g.nodes.shape[0], g.nodes.shape[1], self.L) if dest is not None and full else None,
             )
-            _, _, flat, _ = self.group_index[gi]
-            full = self._gather[gi][0]
-            mus.append(marg.reshape(-1, self.L) if full else marg.reshape(-1, self.L).index_select(0, flat))
+            if dest is None:
+                mus.append(marg.reshape(-1, self.L) if full else marg.reshape(-1, self.L).index_select(0, flat))
+            elif not full:
+                torch.index_select(marg.reshape(-1, self.L), 0, flat, out=dest)
+            elif marg.data_ptr() != dest.data_ptr():  # a backend that does not take `out`
+                dest.copy_(marg.reshape(-1, self.L))
             dual = dual.index_add(0, self.chain_batch[gi], value.detach().double())
-        return torch.cat(mus), dual
+        return (torch.cat(mus) if mu is None else mu), dual
 
     def evaluate_value(self, lam: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
         """The dual ``D_γ`` per batch element ``[B]`` (float64), values only (no marginals, no grad)."""
-        psi = self.psi(lam.detach())
+        psi = self._psi_scratch(lam.detach())
         dual = torch.zeros(self.problem.batch_size, dtype=torch.float64, device=lam.device)
         for gi, g in enumerate(self.problem.groups):
             value = chain_values(
@@ -207,10 +239,22 @@ class DualDecomposition:
 
     def direction(self, mu: torch.Tensor) -> torch.Tensor:
         """Eq. (19)/(42) without the step: ``μ_i^t − mean_{t'} μ_i^{t'}`` (label mean removed)."""
-        d = mu - self.node_mean(mu)
+        d = self.node_center(mu)
         if _inplace():
             return d.sub_(d.mean(dim=1, keepdim=True))
         return d - d.mean(dim=1, keepdim=True)
+
+    def _direction_scratch(self, mu: torch.Tensor) -> torch.Tensor:
+        """:meth:`direction` for :meth:`step` without autograd: with the compiled node centring, into
+        one array reused by every step (same operations; the step only reads it)."""
+        if self._center is None or mu.device.type != "cpu":
+            return self.direction(mu)
+        buf = self._dir_buf
+        if buf is None or buf.shape != mu.shape or buf.dtype != mu.dtype:
+            buf = self._dir_buf = torch.empty_like(mu, memory_format=torch.contiguous_format)
+        module, order = self._center
+        d = module.node_center(mu, order, out=buf)
+        return d.sub_(d.mean(dim=1, keepdim=True))
 
     def node_beliefs(self, mu: torch.Tensor) -> torch.Tensor:
         """Summed marginals ``Σ_t μ_i^t``: ``[S, L] -> [V, L]``."""
@@ -232,7 +276,7 @@ class DualDecomposition:
         Returns ``(λ, μ, dual, accepted [B] or None)``.
         """
         if _inplace():  # the same arithmetic on fewer fresh [S, L] arrays (allocation is 4x a pass here)
-            lam_new = lam - self.direction(mu).mul_(alpha)
+            lam_new = lam - self._direction_scratch(mu).mul_(alpha)
             if extra is not None:
                 lam_new.add_(extra)
         else:
@@ -248,8 +292,24 @@ class DualDecomposition:
             ok = ok | force
         if not ok.is_cuda and bool(ok.all()):  # every step accepted (a free check on the CPU): no selects
             return lam_new, mu_new, dual_new, ok
+        if not ok.is_cuda and not bool(ok.any()):  # every step undone: the old iterate, no selects
+            return lam, mu, dual, ok
         take = ok[self.slot_batch][:, None]
         return torch.where(take, lam_new, lam), torch.where(take, mu_new, mu), torch.where(ok, dual_new, dual), ok
+
+
+def _compiled_center(slot_node: torch.Tensor, V: int, count: torch.Tensor, implementation: str | None):
+    """``(module, order)`` for the compiled node centring when the chain kernels run on numba here
+    (CPU float32/float64), else ``None`` (torch ops)."""
+    from ..ops.chain import choose_implementation
+
+    if count.dtype not in (torch.float32, torch.float64) or choose_implementation(count, implementation) != "numba":
+        return None
+    from ..ops.chain import numba_conditional
+
+    if not numba_conditional.AVAILABLE:
+        return None
+    return numba_conditional, numba_conditional.SlotOrder(slot_node, V, count)
 
 
 def _inplace() -> bool:

@@ -170,10 +170,10 @@ def _load_numba():
     from . import numba as nb
     from .torch import chain_marginals_torch
 
-    def run(unary, pairwise, lengths, gamma, *, allow_sync=True):
+    def run(unary, pairwise, lengths, gamma, *, allow_sync=True, out=None):
         if not _numba_covers(unary, pairwise, gamma, allow_sync):
             return chain_marginals_torch(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
-        return nb.chain_marginals_numba(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
+        return nb.chain_marginals_numba(unary, pairwise, lengths, gamma, allow_sync=allow_sync, out=out)
 
     return run
 
@@ -238,6 +238,7 @@ def chain_marginals(
     *,
     implementation: str | None = None,
     validate_args: bool = True,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Smoothed) max-marginals of a batch of right-padded chains.
 
@@ -250,6 +251,9 @@ def chain_marginals(
         validate_args: also run the checks that read tensors on the host (``lengths`` range; the
             weights' sign for a fast path when the form does not know it). ``False``: no device
             sync; a form of unknown sign takes the exact table path.
+        out: a contiguous ``[C, n, L]`` tensor of ``unary``'s dtype the marginals may be written
+            into (the numba backend does when no gradient is needed; the others ignore it):
+            use the returned tensor, which is ``out`` only then.
 
     Returns:
         ``marginals [C, n, L]`` (zero on padding) and ``value [C]``, the (smoothed) max of
@@ -258,7 +262,10 @@ def chain_marginals(
     # the host read of `lengths` is skipped while torch.compile traces (no graph break there)
     allow_sync = bool(validate_args) and not _is_compiling()
     gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync)
-    fn = BACKENDS[choose_implementation(unary, implementation)].load()
+    impl = choose_implementation(unary, implementation)
+    fn = BACKENDS[impl].load()
+    if out is not None and impl == "numba":
+        return fn(unary, pairwise, lengths, gamma, allow_sync=allow_sync, out=out)
     return fn(unary, pairwise, lengths, gamma, allow_sync=allow_sync)
 
 

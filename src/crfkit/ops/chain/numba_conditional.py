@@ -11,6 +11,10 @@ a neighbour, minus the terms along the chain itself (those stay in the chain's o
 Each pairwise term is read in place from the group's :class:`ChainPairwise` (dense per-edge
 tables, weighted shared tables, truncated linear ``-w min(|a - b|, T)``), one fused pass per
 group with no ``[C, n, L]`` temporaries (the torch version builds ~10 of them per group).
+Also the solver loop's node centring (:func:`node_center`: every slot's scores minus the mean
+over the slots of its node, one pass instead of a gather and an add per slot rank, a division and
+a broadcast back), used by :class:`crfkit.inference.dual_decomposition.DualDecomposition`.
+
 Separate from :mod:`.numba` so that its small kernels compile on their own (seconds) and do not
 invalidate the chain kernels' on-disk cache. ``AVAILABLE`` as there.
 """
@@ -20,9 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..._validation import CRFValueError
 from .numba import AVAILABLE, DENSE, WEIGHTED, _unpack, njit
 
-__all__ = ["AVAILABLE", "conditional_scores", "chain_local_scores"]
+__all__ = ["AVAILABLE", "conditional_scores", "chain_local_scores", "SlotOrder", "node_center"]
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
 
@@ -122,3 +127,54 @@ def chain_local_scores(cond: torch.Tensor, group, chains: torch.Tensor, labels: 
 def groups_of(problem, dtype) -> list:
     """The :class:`_Group` of every chain group of ``problem``."""
     return [_Group(g, problem.num_labels, dtype) for g in problem.groups]
+
+
+@njit(**_JIT)
+def _node_center(x, out, ptr, slots, count, mean):
+    """``out[s] = x[s] - (sum of x over the slots of s's node) / count``; ``slots[ptr[v]:ptr[v + 1]]``
+    the slots of node ``v`` in slot order; ``out`` may be ``x``. The sum starts from the first slot
+    and adds the others in order, then divides: the operations of ``DualDecomposition``'s torch
+    node sums, so the same values bit for bit."""
+    L = x.shape[1]
+    for v in range(ptr.shape[0] - 1):
+        p0, p1 = ptr[v], ptr[v + 1]
+        if p1 == p0:
+            continue
+        s0 = slots[p0]
+        for a in range(L):
+            mean[a] = x[s0, a]
+        for p in range(p0 + 1, p1):
+            s = slots[p]
+            for a in range(L):
+                mean[a] += x[s, a]
+        cv = count[v]
+        for a in range(L):
+            mean[a] = mean[a] / cv
+        for p in range(p0, p1):
+            s = slots[p]
+            for a in range(L):
+                out[s, a] = x[s, a] - mean[a]
+
+
+class SlotOrder:
+    """The slots of every node in slot order (``slot_node [S]`` long, ``V`` nodes, ``count [V]`` the
+    slots per node in the scores' dtype), as the numpy arrays :func:`node_center` reads."""
+
+    def __init__(self, slot_node: torch.Tensor, V: int, count: torch.Tensor):
+        order = torch.argsort(slot_node, stable=True)
+        per_node = torch.bincount(slot_node, minlength=V)
+        self.ptr = torch.cat([per_node.new_zeros(1), per_node.cumsum(0)]).numpy()
+        self.slots = order.contiguous().numpy()
+        self.count = count.contiguous().numpy()
+
+
+@torch.no_grad()
+def node_center(x: torch.Tensor, order: SlotOrder, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [S, L]`` minus the mean over each node's slots (broadcast back to its slots), into ``out``
+    (a new array by default; ``out=x`` overwrites ``x``). CPU, contiguous, float32/float64."""
+    if out is not None and not out.is_contiguous():
+        raise CRFValueError("expected a contiguous out for node_center, got a strided tensor")
+    xc = x.detach().contiguous().numpy()
+    res = torch.empty(x.shape, dtype=x.dtype) if out is None else out
+    _node_center(xc, res.detach().numpy(), order.ptr, order.slots, order.count, np.empty(x.shape[1], xc.dtype))
+    return res
