@@ -71,14 +71,19 @@ class _Step:
 
 # -- O(L) paths of the truncated-linear forms (non-negative weights) ----------------------------
 def _dt_argmax(step: _Step, x: torch.Tensor, k: int):
-    """Distance transform: ``max_a x(a) - w min(|a - c|, T)`` and its arg-max, by prefix maxima."""
+    """Distance transform: ``max_a x(a) - w min(|a - c|, T)`` and its arg-max, by prefix maxima.
+
+    The prefix maxima of ``x ± w·pos`` choose the arg-max; each candidate's value is re-read from
+    ``x`` at it (``(x + w·pos) - w·pos`` would lose about ``w·eps`` when ``w`` is large against
+    the scores: a certificate below the primal). The same operations, in the same order, as
+    ``numba.py``'s ``_dt_max``, so both backends agree bit for bit."""
     w = step.pw.weight[:, k, None]  # [C, 1]
     pos = step.idx.to(x.dtype)
-    a_vals, a_idx = torch.cummax(x + w * pos, dim=1)
-    left = a_vals - w * pos
-    b_vals, b_idx = torch.cummax((x - w * pos).flip(1), dim=1)
-    right = b_vals.flip(1) + w * pos
+    _, a_idx = torch.cummax(x + w * pos, dim=1)
+    left = x.gather(1, a_idx) - w * (pos - a_idx.to(x.dtype))
+    _, b_idx = torch.cummax((x - w * pos).flip(1), dim=1)
     b_idx = (step.L - 1) - b_idx.flip(1)
+    right = x.gather(1, b_idx) - w * (b_idx.to(x.dtype) - pos)
     top, top_idx = x.max(dim=1, keepdim=True)
     trunc = (top - w * step.pw.truncation).expand_as(x)
     use_right = right > left
@@ -87,9 +92,6 @@ def _dt_argmax(step: _Step, x: torch.Tensor, k: int):
     use_trunc = trunc > m
     m = torch.where(use_trunc, trunc, m)
     arg = torch.where(use_trunc, top_idx.expand_as(x), arg)
-    # the value re-read at the arg-max: the prefix maxima above carry (x + w·pos) - w·pos, which
-    # loses about w·eps when w is large against x (a certificate below the primal)
-    m = x.gather(1, arg) - w * step.pw.distance(arg, step.idx)
     return m, arg
 
 
