@@ -189,43 +189,35 @@ def chain_icm(
     ``implementation`` picks the chain kernel as in :func:`~crfkit.ops.chain.chain_marginals`."""
     compiled = _compiled_conditioning(problem, implementation)
     if compiled is not None:
-        return _chain_icm_compiled(problem, labels, edges, sweeps, compiled)
+        groups = compiled.groups_of(problem, problem.unary.dtype)
+
+        def local_scores(gi, chains, labels):
+            cond = compiled.conditional_scores(problem.unary, groups, labels)
+            return compiled.chain_local_scores(cond, groups[gi], chains, labels), problem.groups[gi].nodes[chains] >= 0
+    else:
+
+        def local_scores(gi, chains, labels):
+            cond, per_group = conditional_unary(problem, labels)
+            contrib, valid = per_group[gi]
+            nodes, v = problem.groups[gi].nodes[chains], valid[chains]
+            return (cond[nodes.clamp(min=0)] - contrib[chains]) * v[..., None], v
+
+    return _icm_sweeps(problem, labels, edges, sweeps, local_scores, implementation)
+
+
+def _icm_sweeps(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int, local_scores,
+                implementation: str | None) -> torch.Tensor:
+    """Up to ``sweeps`` rounds of exact chain updates, one colour class of chains at a time;
+    ``local_scores(group, chains, labels)`` gives their scores given the rest and their valid
+    positions. Stops early when a round changes nothing."""
     labels = labels.clone()
     for _ in range(sweeps):
         changed = False
         for gi, g in enumerate(problem.groups):
             for chains in edges.chain_colours[gi]:
-                cond, per_group = conditional_unary(problem, labels)
-                contrib, valid = per_group[gi]
+                local, v = local_scores(gi, chains, labels)
                 nodes = g.nodes[chains]
-                v = valid[chains]
-                local = cond[nodes.clamp(min=0)] - contrib[chains]
-                local = local * v[..., None]
-                sub = g.pairwise.select(chains)
-                new = chain_viterbi(local, sub, g.lengths[chains], implementation=implementation)
-                old = labels[nodes[v]]
-                if not torch.equal(old, new[v]):
-                    changed = True
-                labels[nodes[v]] = new[v]
-        if not changed:
-            break
-    return labels
-
-
-def _chain_icm_compiled(problem: ChainProblem, labels: torch.Tensor, edges: ProblemEdges, sweeps: int,
-                        nc) -> torch.Tensor:
-    """:func:`chain_icm` with the conditioned scores from the compiled module ``nc``."""
-    labels = labels.clone()
-    groups = nc.groups_of(problem, problem.unary.dtype)
-    for _ in range(sweeps):
-        changed = False
-        for gi, g in enumerate(problem.groups):
-            for chains in edges.chain_colours[gi]:
-                cond = nc.conditional_scores(problem.unary, groups, labels)
-                local = nc.chain_local_scores(cond, groups[gi], chains, labels)
-                nodes = g.nodes[chains]
-                v = nodes >= 0
-                new = chain_viterbi(local, g.pairwise.select(chains), g.lengths[chains])
+                new = chain_viterbi(local, g.pairwise.select(chains), g.lengths[chains], implementation=implementation)
                 old = labels[nodes[v]]
                 if not torch.equal(old, new[v]):
                     changed = True

@@ -230,6 +230,14 @@ def choose_implementation(unary: torch.Tensor, implementation: str | None = None
     return "torch"
 
 
+def _checked(unary, pairwise, lengths, gamma, validate_args) -> tuple[float, bool]:
+    """The inputs' checks shared by the entry points: ``(gamma, allow_sync)``. The host read of
+    ``lengths`` is skipped with ``validate_args=False`` and while torch.compile traces (no graph
+    break there)."""
+    allow_sync = bool(validate_args) and not _is_compiling()
+    return check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync), allow_sync
+
+
 def chain_marginals(
     unary: torch.Tensor,
     pairwise: ChainPairwise,
@@ -259,9 +267,7 @@ def chain_marginals(
         ``marginals [C, n, L]`` (zero on padding) and ``value [C]``, the (smoothed) max of
         each chain's score; differentiable with respect to ``unary`` and the pairwise tensors.
     """
-    # the host read of `lengths` is skipped while torch.compile traces (no graph break there)
-    allow_sync = bool(validate_args) and not _is_compiling()
-    gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync)
+    gamma, allow_sync = _checked(unary, pairwise, lengths, gamma, validate_args)
     impl = choose_implementation(unary, implementation)
     fn = BACKENDS[impl].load()
     if out is not None and impl == "numba":
@@ -280,8 +286,7 @@ def chain_values(
 ) -> torch.Tensor:
     """Only the (smoothed) max of each chain, ``value [C]`` (one pass of messages, no grad);
     arguments as :func:`chain_marginals`."""
-    allow_sync = bool(validate_args) and not _is_compiling()
-    gamma = check_chain_inputs(unary, pairwise, lengths, gamma, check_lengths=allow_sync)
+    gamma, allow_sync = _checked(unary, pairwise, lengths, gamma, validate_args)
     load = BACKENDS[choose_implementation(unary, implementation)].load_values or _load_torch_values
     return load()(unary, pairwise, lengths, gamma, allow_sync=allow_sync)  # no grad: the loaders' own
 
@@ -296,7 +301,6 @@ def chain_viterbi(
 ) -> torch.Tensor:
     """A maximising labelling of each chain, ``labels [C, n]`` long (``0`` on padding); arguments
     as :func:`chain_marginals`."""
-    allow_sync = bool(validate_args) and not _is_compiling()
-    check_chain_inputs(unary, pairwise, lengths, 0.0, check_lengths=allow_sync)
+    _, allow_sync = _checked(unary, pairwise, lengths, 0.0, validate_args)
     load = BACKENDS[choose_implementation(unary, implementation)].load_viterbi or _load_torch_viterbi
     return load()(unary, pairwise, lengths, allow_sync=allow_sync)
