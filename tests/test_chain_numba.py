@@ -377,6 +377,14 @@ def test_compiled_node_centring_matches_torch(dtype):
     assert torch.equal(compiled.direction(x), plain.direction(x))
 
 
+def _use_default_or(monkeypatch, impl):
+    """Run with the chain backend ``impl``, or with the real CPU default when ``impl`` is None."""
+    if impl is None:
+        monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
+    else:
+        monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+
+
 @pytest.mark.parametrize("form", ["tl", "potts", "weighted"])
 def test_solve_map_with_the_numba_default_matches_torch(monkeypatch, form):
     """End to end, the real CPU default (numba: marginals, certificate values, ICM's Viterbi) gives
@@ -390,10 +398,7 @@ def test_solve_map_with_the_numba_default_matches_torch(monkeypatch, form):
     crf = spec_to_crf(spec)
     out = {}
     for impl in ("torch", None):
-        if impl is None:
-            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
-        else:
-            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        _use_default_or(monkeypatch, impl)
         out[impl] = crfkit.solve_map(crf, iters=40, gamma=0.0, decode_every=10)
     t, n = out["torch"], out[None]
     assert torch.equal(n.labels, t.labels)
@@ -417,10 +422,7 @@ def test_layer_gradients_with_the_numba_default(monkeypatch, gamma):
     w = torch.tensor(rng.normal(size=spec.unary.shape))
     res = {}
     for impl in ("torch", None):
-        if impl is None:
-            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
-        else:
-            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        _use_default_or(monkeypatch, impl)
         unary = torch.tensor(spec.unary, requires_grad=True)
         tables = [torch.tensor(t, requires_grad=True) for t in spec_tables(spec)]
         logits = layer(unary, tables)
@@ -475,10 +477,7 @@ def test_compiled_icm_matches_torch(monkeypatch, dtype):
     start = problem.unary.argmax(1)
     out = {}
     for impl in ("torch", None):
-        if impl is None:
-            monkeypatch.delenv("CRFKIT_CHAIN_IMPL", raising=False)
-        else:
-            monkeypatch.setenv("CRFKIT_CHAIN_IMPL", impl)
+        _use_default_or(monkeypatch, impl)
         out[impl] = chain_icm(problem, start, ProblemEdges(problem), sweeps=2)
     assert torch.equal(out[None], out["torch"])
     assert torch.all(problem_score(problem, out[None]) >= problem_score(problem, start))
